@@ -1,0 +1,130 @@
+"""End-to-end tests of train.py and sample.py: tiny configs, a handful of steps, CPU only."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sample
+import train
+
+REPO = Path(__file__).resolve().parent.parent
+# 16 tokens of 8x8 pixels and a few hundred images: every run below takes seconds.
+TINY = ["--model", "tiny", "--patch_size", "8", "--num_images", "256", "--batch_size", "16", "--warmup", "2",
+        "--log_every", "2", "--sample_every", "1000", "--sample_steps", "2", "--max_text_length", "48"]
+
+
+def run(tmp_path: Path, *args: str) -> Path:
+    return train.main(TINY + ["--out_dir", str(tmp_path), *args])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors") | {f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()}
+
+
+def test_train_writes_run_and_sample_writes_pngs(tmp_path):
+    run_dir = run(tmp_path, "--name", "a", "--steps", "4", "--ckpt_every", "2", "--keep_ckpts", "1", "--eval_every", "4")
+    assert json.loads((run_dir / "config.json").read_text())["patch_size"] == 8
+    assert [p.name for p in train.checkpoints(run_dir)] == ["step_0000004"]       # older ones pruned
+    assert (run_dir / "samples" / "step_0000004.png").is_file()
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [2, 4] and log[-1]["event"] == "done"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
+    assert log[-2]["heldout_loss"] > 0 and log[-2]["train_loss"] > 0 and "heldout_loss" not in log[0]
+
+    out = sample.main(["--ckpt", str(run_dir), "--images-per-prompt", "2", "--steps", "2", "--out",
+                       str(tmp_path / "png"), "a red star to the left of a blue circle", "a small green heart"])
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 5 and "grid.png" in pngs and pngs[0].startswith("0000_a_red_star")
+
+
+def test_generate_is_deterministic_and_batch_independent(tmp_path):
+    run_dir = run(tmp_path, "--name", "g", "--steps", "2")
+    pipe = sample.load_pipeline(str(run_dir))
+    prompts = ["a red star", "a blue circle", "a yellow square"]
+    a = sample.generate(pipe, prompts, seed=3, steps=3, batch_size=3, progress=False)
+    b = sample.generate(pipe, prompts, seed=3, steps=3, batch_size=1, progress=False)
+    assert a.shape == (3, 32, 32, 3) and a.dtype.name == "uint8"
+    assert abs(a.astype(int) - b.astype(int)).max() <= 1                          # batching changes nothing
+    assert not (sample.generate(pipe, prompts, seed=4, steps=3, progress=False) == a).all()
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = run(tmp_path, "--name", "full", "--steps", "6", "--ckpt_every", "3", "--cutmix", "all", "--crop")
+    # Simulate a crash after step 3: drop the last checkpoint and the log lines after it, then resume.
+    broken = tmp_path / "broken"
+    shutil.copytree(full, broken)
+    shutil.rmtree(broken / "checkpoints" / "step_0000006")
+    resumed = run(tmp_path, "--name", "broken", "--resume")
+    a, b = weights(full / "checkpoints" / "step_0000006"), weights(resumed / "checkpoints" / "step_0000006")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+
+
+def test_resume_rejects_a_different_config(tmp_path):
+    run(tmp_path, "--name", "r", "--steps", "2")
+    with pytest.raises(SystemExit, match="--patch_size: checkpoint has 8, asked 4"):
+        run(tmp_path, "--name", "r", "--resume", "--patch_size", "4")
+    with pytest.raises(SystemExit, match="no run at"):
+        run(tmp_path, "--name", "missing", "--resume")
+
+
+def test_bad_flags_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "huge"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'huge'" in err and "'tiny'" in err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "tpu"])
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
+    assert "runs/does-not-exist" in capsys.readouterr().err
+
+
+def test_sample_prompt_file_errors(tmp_path, capsys):
+    run_dir = run(tmp_path, "--name", "p", "--steps", "1")
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", str(run_dir), "--prompts", str(tmp_path / "nope.txt")])
+    assert "nope.txt" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", str(run_dir), "--prompts", str(tmp_path / "empty.txt")])
+    assert "empty.txt" in capsys.readouterr().err
+
+
+def test_ia_rule_selects_mixed_samples_only_at_high_noise():
+    cfg = train.Config()
+    gen = train.step_generator(cfg.seed, 0, 0, 0)
+    t = train.sample_t(4096, generator=gen)
+    use = train.mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen)
+    assert not use[t <= cfg.t_mix].any() and 0.2 < use.float().mean() < 0.36
+
+
+def test_frozen_hugging_face_text_encoder_trains_and_samples(tmp_path):
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    path = tmp_path / "tiny-t5"
+    config = T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)
+    T5EncoderModel(config).save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+    run_dir = run(tmp_path, "--name", "hf", "--steps", "2", "--text_encoder", str(path))
+    assert not (run_dir / "vocab.json").exists()
+    state = load_file(run_dir / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert not any(k.startswith("text_encoder.") for k in state)                  # frozen: not in the checkpoint
+    pipe = sample.load_pipeline(str(run_dir))
+    assert sample.generate(pipe, ["a red star"], steps=2, progress=False).shape == (1, 32, 32, 3)
+
+
+def test_torchrun_two_ranks_gloo_stay_in_sync(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+           *TINY, "--out_dir", str(tmp_path), "--name", "ddp", "--steps", "3", "--grad_accum", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "done" and log[-1]["ranks_in_sync"] is True
+    assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / "ema.safetensors").is_file()

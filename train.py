@@ -1,0 +1,518 @@
+"""
+Train DiT-I with flow matching on ImageNet-like data, with text (TA) and image (IA) augmentation.
+
+One plain loop for one process and for torchrun DDP:
+
+    python train.py                                         # CPU default: TA+IA on synthetic data, < 10 min
+    python train.py --preset gpu                            # one GPU, bf16 autocast
+    torchrun --nproc_per_node=8 train.py --preset gpu --compile
+    python train.py --name default --resume                 # continue the latest checkpoint of runs/default
+
+One optimisation step, per rank (global batch = batch_size = world_size * grad_accum * micro-batch):
+
+    batch  = (x0, caption, x0_mixed, caption_mixed)           x0: (b, C, H, W) in [-1, 1]
+    t      ~ logit-normal(0, 1)                               (b,)
+    mix    = (t > t_mix) & (u < p_mix)                        the paper's IA rule (diffusion.mix_mask)
+    x0, caption <- mixed versions where mix                   CutMix only at high noise
+    caption <- "" with probability cond_dropout               the empty prompt doubles as the CFG null
+    loss   = || v_theta((1-t) x0 + t eps, t, caption) - (eps - x0) ||^2
+
+Everything random in a step is drawn from generators seeded by (seed, rank, step), and the data order from
+(seed, epoch): a run resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
+
+Run directory runs/<name>/: config.json (the resolved config), vocab.json (learned text encoder),
+log.jsonl, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/{model,ema}.safetensors + state.pt.
+"""
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from augment import CUTMIX_SETTINGS, MixedDataset
+from data import ImageFolderCaptions, SyntheticImageNet, to_uint8
+from diffusion import flow_matching_loss, mix_mask, sample, sample_t
+from model import DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, count_parameters
+
+
+#################################################################################
+#                                  Configuration                                #
+#################################################################################
+
+@dataclass
+class Config:
+    name: str = "default"               # run directory: out_dir/name
+    out_dir: str = "runs"
+    seed: int = 0
+    # data: "synthetic" or an image folder root/<class>/*.jpg (with caption_file: TSV or JSONL)
+    data: str = "synthetic"
+    caption_file: str = ""
+    num_images: int = 20000             # synthetic: a finite set, as ImageNet is finite
+    image_size: int = 32
+    # the paper's recipe
+    captions: str = "long"              # "long" (TA) or "class" (the AIO baseline: "a photo of a star")
+    cutmix: str = "all"                 # IA: "none" or a CutMix setting (1/2, 1/4, 1/9, 1/16, all)
+    crop: bool = False                  # IA: random crops of the plain image
+    t_mix: float = 0.45                 # mixed samples only where t > t_mix (SNR < 1.5) ...
+    p_mix: float = 0.5                  # ... and then with probability p_mix
+    cond_dropout: float = 0.1
+    t_schedule: str = "logit_normal"
+    # model
+    model: str = "tiny"                 # a key of model.DIT_SIZES
+    patch_size: int = 2
+    pos_embed: str = "sincos"
+    text_encoder: str = "learned"       # "learned" (trained jointly, offline) or a Hugging Face path/id
+    text_width: int = 128
+    text_depth: int = 2
+    max_text_length: int = 64
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 128               # global, over all ranks and accumulation steps
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_schedule: str = "constant"       # "constant" or "cosine" (down to min_lr), after linear warmup
+    warmup: int = 200
+    min_lr: float = 1e-5
+    weight_decay: float = 0.01
+    beta2: float = 0.99
+    grad_clip: float = 2.0
+    ema_decay: float = 0.999
+    # systems
+    device: str = "auto"                # "auto", "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"                 # autocast dtype: "auto" (bf16 on CUDA, float32 on CPU), "bfloat16", "float32"
+    compile: bool = False
+    num_workers: int = 0
+    # logging, samples, checkpoints, held-out loss
+    log_every: int = 25
+    sample_every: int = 500
+    ckpt_every: int = 500
+    keep_ckpts: int = 2
+    eval_every: int = 0                 # held-out flow-matching loss every N steps (0: off)
+    sample_steps: int = 30
+    guidance: float = 3.0
+
+
+PRESETS: dict[str, dict] = {
+    "cpu": {},                                                                       # the defaults above
+    "gpu": dict(model="S", patch_size=2, batch_size=512, steps=6000, lr=1e-3, warmup=300, num_images=100000,
+                ema_decay=0.9995, num_workers=4, sample_every=1000, ckpt_every=2000, log_every=50),
+}
+
+# Fields that may change when resuming: they do not change what is being trained.
+RESUMABLE_FIELDS = {"name", "out_dir", "steps", "device", "compile", "num_workers", "log_every", "sample_every", "ckpt_every",
+                    "keep_ckpts", "eval_every", "sample_steps", "guidance"}
+
+CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
+           "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
+           "pos_embed": ("sincos", "rope"), "dtype": ("auto", "bfloat16", "float32")}
+
+# Fixed prompts for the sample grids: single objects, attributes, and two-object layouts.
+SAMPLE_PROMPTS = [
+    "a red star", "a blue circle", "a yellow triangle", "a green square",
+    "a large purple heart on a striped background", "a small white cross", "an orange diamond", "a pink crescent",
+    "a red star to the left of a blue circle", "a yellow square to the right of a green triangle",
+    "a white heart above a black cross", "a blue diamond below an orange circle",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
+    """Config from --preset, then explicit flags; returns (config, resume, names of the flags given)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="named defaults (default: cpu)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint of out_dir/name")
+    for field in dataclasses.fields(Config):
+        flag, kind = f"--{field.name}", type(field.default)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(field.name),
+                                help=f"(default: {field.default})")
+    args = parser.parse_args(argv)
+    given = {f.name for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    cfg = Config(**PRESETS[args.preset])
+    for name in given:
+        setattr(cfg, name, getattr(args, name))
+    if cfg.batch_size % cfg.grad_accum:
+        parser.error(f"--batch_size {cfg.batch_size} must be divisible by --grad_accum {cfg.grad_accum}")
+    return cfg, args.resume, given
+
+
+#################################################################################
+#                           Building data and model                            #
+#################################################################################
+
+def build_dataset(cfg: Config) -> MixedDataset:
+    if cfg.data == "synthetic":
+        base = SyntheticImageNet(cfg.num_images, cfg.image_size, seed=cfg.seed)
+    else:
+        base = ImageFolderCaptions(cfg.data, cfg.caption_file or None, cfg.image_size)
+    cutmix = None if cfg.cutmix == "none" else cfg.cutmix
+    return MixedDataset(base, captions=cfg.captions, cutmix=cutmix, crop=cfg.crop, seed=cfg.seed)
+
+
+def build_tokenizer(dataset: MixedDataset, cfg: Config) -> WordTokenizer:
+    """Word vocabulary of the training captions, including those of mixed and cropped samples."""
+    # Mixed captions add placement words ("corner", "half", ...): probe a few hundred items for them
+    # (fewer for real images, where every probe reads two files).
+    rng = np.random.default_rng(cfg.seed)
+    probe = rng.choice(len(dataset), size=min(len(dataset), 2000 if cfg.data == "synthetic" else 200), replace=False)
+    captions = list(dataset.base.long_captions) + list(dataset.base.class_captions) + SAMPLE_PROMPTS
+    for i in probe:
+        item = dataset[(0, int(i))]
+        captions += [item["caption"], item["mixed_caption"]]
+    return WordTokenizer.build(captions, max_length=cfg.max_text_length)
+
+
+def build_model(cfg: Config, vocab_size: int | None, text_dim: int | None = None) -> TextToImage:
+    """The trained module: DiT, plus the learned text encoder when no frozen encoder is used."""
+    learned = cfg.text_encoder == "learned"
+    text_encoder = LearnedTextEncoder(vocab_size, cfg.text_width, cfg.text_depth, max_length=cfg.max_text_length) \
+        if learned else None
+    dit = DiT(in_channels=3, input_size=cfg.image_size, patch_size=cfg.patch_size,
+              text_dim=cfg.text_width if learned else text_dim, pos_embed=cfg.pos_embed, **DIT_SIZES[cfg.model])
+    return TextToImage(dit, text_encoder)
+
+
+class TextConditioner:
+    """Captions -> what the model's `text` argument takes: token ids (learned encoder) or frozen embeddings."""
+
+    def __init__(self, cfg: Config, tokenizer: WordTokenizer | None, device: torch.device):
+        self.tokenizer, self.device = tokenizer, device
+        self.frozen = None if cfg.text_encoder == "learned" else \
+            HFTextEncoder(cfg.text_encoder, max_length=cfg.max_text_length).to(device)
+
+    @property
+    def frozen_dim(self) -> int | None:
+        return self.frozen.dim if self.frozen is not None else None
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frozen is not None:
+            return self.frozen(captions)
+        ids, mask = self.tokenizer(captions)
+        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+
+
+#################################################################################
+#                        Data order, optimiser, EMA, LR                         #
+#################################################################################
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Endless batches of (epoch, index): epoch e is randperm(N) seeded by (seed, e), dealt to the ranks
+    round-robin. Starting at micro-batch `start` makes a resumed run see exactly the same data."""
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int, start: int = 0):
+        self.n, self.batch, self.rank, self.world, self.seed, self.start = n, batch, rank, world, seed, start
+        self.per_epoch = (n // world) // batch
+        if self.per_epoch == 0:
+            raise ValueError(f"{n} images cannot fill one batch of {batch} on each of {world} ranks")
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.per_epoch)
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            mine = order[self.rank::self.world].tolist()
+            for b in range(offset, self.per_epoch):
+                yield [(epoch, i) for i in mine[b * self.batch:(b + 1) * self.batch]]
+            epoch, offset = epoch + 1, 0
+
+
+def step_generator(seed: int, rank: int, step: int, micro_step: int, device="cpu") -> torch.Generator:
+    """A generator seeded by (seed, rank, step, micro-step, device type): resumable without saved RNG streams."""
+    key = [seed, rank, step, micro_step, 0 if torch.device(device).type == "cpu" else 1]
+    return torch.Generator(device).manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases, embeddings and positions (1-d tensors or embedding tables)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or id(p) in embeddings or "pos" in name.split(".")[-1]:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=fused)
+
+
+def learning_rate(step: int, cfg: Config) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    # Warm-up of the decay, (1 + step) / (10 + step): early EMA weights are not stuck at the random init.
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
+
+
+#################################################################################
+#                               Checkpoints                                     #
+#################################################################################
+
+def atomic_write_json(path: Path, obj) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(f.name, path)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_" + "[0-9]" * 7))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, ema, optimizer, keep: int) -> Path:
+    """checkpoints/step_XXXXXXX/: written into a temporary folder, then renamed (never half-written)."""
+    final = run_dir / "checkpoints" / f"step_{step:07d}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp_"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def check_resumable(saved: dict, cfg: Config, given: set[str]) -> Config:
+    """The saved config, with the flags given now; a flag that changes what is trained is an error."""
+    clashes = [f"--{k}: checkpoint has {saved[k]!r}, asked {getattr(cfg, k)!r}" for k in sorted(given)
+               if k not in RESUMABLE_FIELDS and k in saved and saved[k] != getattr(cfg, k)]
+    if clashes:
+        raise SystemExit("Resuming with a config that does not match the checkpoint:\n  " + "\n  ".join(clashes))
+    merged = Config(**{k: v for k, v in saved.items() if k in Config.__dataclass_fields__})
+    for k in given:
+        setattr(merged, k, getattr(cfg, k))
+    return merged
+
+
+#################################################################################
+#                           Samples and held-out loss                           #
+#################################################################################
+
+@torch.no_grad()
+def sample_grid(model, condition: TextConditioner, cfg: Config, device, path: Path) -> None:
+    """A grid of SAMPLE_PROMPTS (rows: prompts, 4 seeds each) from fixed noise, written atomically."""
+    from PIL import Image
+    prompts = [p for p in SAMPLE_PROMPTS for _ in range(4)]
+    noise = torch.randn(len(prompts), 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    text, mask = condition(prompts)
+    null_text, null_mask = condition([""])
+    images = sample(model, noise.to(device), text, mask, null_text, null_mask, steps=cfg.sample_steps,
+                    guidance=cfg.guidance, method="euler")
+    tiles = to_uint8(images.clamp(-1, 1).cpu())                                 # (n, H, W, 3)
+    s = cfg.image_size
+    grid = tiles.reshape(len(SAMPLE_PROMPTS), 4, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 4 * s, 3)
+    grid = Image.fromarray(grid).resize((4 * s * 2, len(SAMPLE_PROMPTS) * s * 2), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    grid.save(tmp)
+    os.replace(tmp, path)
+
+
+class HeldOutLoss:
+    """Flow-matching loss at fixed (t, eps) on plain images: unseen scenes vs. a fixed subset of the training set.
+    The gap between the two is the overfitting the paper reports for TA-only training on a finite dataset."""
+
+    def __init__(self, train_set: MixedDataset, cfg: Config, n: int = 512):
+        seen = train_set.base
+        unseen = SyntheticImageNet(n, cfg.image_size, seed=cfg.seed + 7919)          # new scenes, never trained on
+        self.sets = {}
+        for name, ds in (("heldout", unseen), ("train", seen)):
+            idx = range(min(n, len(ds)))
+            captions = getattr(ds, f"{cfg.captions}_captions")
+            self.sets[name] = (torch.stack([ds[i]["image"] for i in idx]), [captions[i] for i in idx])
+        gen = torch.Generator().manual_seed(1234)
+        self.t = torch.linspace(0.02, 0.98, n)[torch.randperm(n, generator=gen)]                # the same for both
+        self.noise = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=gen)
+
+    @torch.no_grad()
+    def __call__(self, model, condition: TextConditioner, device, batch: int = 128) -> dict[str, float]:
+        out = {}
+        for name, (images, captions) in self.sets.items():
+            total = 0.0
+            for i in range(0, len(captions), batch):
+                text, mask = condition(captions[i:i + batch])
+                x0, t, eps = (v[i:i + batch].to(device) for v in (images, self.t, self.noise))
+                total += flow_matching_loss(model, x0, t[:len(x0)], eps[:len(x0)], text, mask).item() * len(x0)
+            out[f"{name}_loss"] = total / len(captions)
+        return out
+
+
+#################################################################################
+#                                 Training loop                                 #
+#################################################################################
+
+def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
+    """RANK/LOCAL_RANK/WORLD_SIZE from torchrun; NCCL on CUDA, gloo on CPU."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device if world == 1 or cfg.device == "cpu" else f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg, resume, given = parse_args(argv)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise SystemExit(f"--resume: no run at {run_dir} (expected {run_dir / 'config.json'})")
+        cfg = check_resumable(json.loads((run_dir / "config.json").read_text()), cfg, given)
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    if micro == 0:
+        raise SystemExit(f"--batch_size {cfg.batch_size} is smaller than world_size*grad_accum = {world * cfg.grad_accum}")
+    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
+                 "float32": None}[cfg.dtype]
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    # ---- data, text, model ------------------------------------------------------------------------------
+    t0 = time.time()
+    dataset = build_dataset(cfg)
+    tokenizer = None
+    if cfg.text_encoder == "learned":
+        vocab_path = run_dir / "vocab.json"
+        tokenizer = WordTokenizer.load(vocab_path) if resume else build_tokenizer(dataset, cfg)
+    condition = TextConditioner(cfg, tokenizer, device)
+    torch.manual_seed(cfg.seed)                                     # identical initial weights on every rank
+    model = build_model(cfg, len(tokenizer) if tokenizer else None, condition.frozen_dim).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    start = 0
+    if resume:
+        last = checkpoints(run_dir)[-1] if checkpoints(run_dir) else None
+        if last is None:
+            raise SystemExit(f"--resume: {run_dir / 'checkpoints'} holds no checkpoint")
+        model.load_state_dict(load_file(last / "model.safetensors", device=str(device)))
+        ema.load_state_dict(load_file(last / "ema.safetensors", device=str(device)))
+        state = torch.load(last / "state.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        start = state["step"]
+    elif master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+        if tokenizer is not None:
+            tokenizer.save(run_dir / "vocab.json")
+    if master:
+        n_dit, n_all = count_parameters(model.dit), count_parameters(model)
+        print(f"{len(dataset)} images ready in {time.time() - t0:.1f}s | DiT-{cfg.model}: {n_dit / 1e6:.2f}M params, "
+              f"{n_all / 1e6:.2f}M with the text encoder | {world} rank(s) on {device}, micro-batch {micro}")
+
+    train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    sampler = EpochBatches(len(dataset), micro, rank, world, cfg.seed, start=start * cfg.grad_accum)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                              pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0))
+    heldout = HeldOutLoss(dataset, cfg) if cfg.eval_every and cfg.data == "synthetic" and master else None
+    flops_per_image = 3 * model.dit.flops_per_forward(cfg.max_text_length // 2)
+    log_file = open(run_dir / "log.jsonl", "a") if master else None
+
+    # ---- loop ---------------------------------------------------------------------------------------------
+    loss_sum, loss_count, tick = torch.zeros((), device=device), 0, time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
+    for step in bar:
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro_step in range(cfg.grad_accum):
+            batch = next(loader)
+            # Host-side draws (t, mix, dropout) pick captions without a device sync; eps is drawn on the device.
+            gen = step_generator(cfg.seed, rank, step, micro_step)
+            t = sample_t(micro, cfg.t_schedule, generator=gen)
+            use_mix = mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen) if cfg.cutmix != "none" else torch.zeros(micro, dtype=torch.bool)
+            drop = torch.rand(micro, generator=gen) < cfg.cond_dropout
+            captions = ["" if d else (m_cap if m else cap) for cap, m_cap, m, d in
+                        zip(batch["caption"], batch["mixed_caption"], use_mix.tolist(), drop.tolist())]
+            x0 = torch.where(use_mix[:, None, None, None], batch["mixed_image"], batch["image"])
+            x0 = x0.to(device, non_blocking=True)
+            noise = torch.randn(x0.shape, generator=step_generator(cfg.seed, rank, step, micro_step, device), device=device)
+            text, mask = condition(captions)
+            # Gradients are all-reduced only on the last micro-step of the accumulation.
+            sync = contextlib.nullcontext() if world == 1 or micro_step == cfg.grad_accum - 1 else train_model.no_sync()
+            with sync, autocast:
+                loss = flow_matching_loss(train_model, x0, t.to(device), noise, text, mask)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+            loss_count += 1
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, model, step, cfg.ema_decay)
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            mean_loss = loss_sum.item() / (loss_count * world)                  # the only host sync, when logging
+            elapsed, tick = time.time() - tick, time.time()
+            images_per_s = loss_count * micro * world / elapsed
+            record = {"step": done, "loss": round(mean_loss, 5), "lr": lr, "images_per_s": round(images_per_s, 1)}
+            if device.type == "cuda":
+                peak = 989e12 * world                                           # H100/H200 dense bf16
+                record["mfu"] = round(images_per_s * flops_per_image / peak, 4)
+            loss_sum.zero_()
+            loss_count = 0
+            if master:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
+                if heldout is not None and (done % cfg.eval_every < cfg.log_every or done == cfg.steps):
+                    record.update(heldout(ema, condition, device))
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+        if master and (done % cfg.sample_every == 0 or done == cfg.steps):
+            sample_grid(ema, condition, cfg, device, run_dir / "samples" / f"step_{done:07d}.png")
+        if master and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+            save_checkpoint(run_dir, done, model, ema, optimizer, cfg.keep_ckpts)
+
+    # ---- end: every rank must hold the same weights --------------------------------------------------------
+    if world > 1:
+        fingerprint = torch.stack([p.detach().double().sum() for p in list(model.parameters()) + list(ema.parameters())])
+        gathered = [torch.zeros_like(fingerprint) for _ in range(world)]
+        dist.all_gather(gathered, fingerprint)
+        in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
+    if master:
+        final = {"event": "done", "step": cfg.steps, "wall_s": round(time.time() - t0, 1)}
+        if world > 1:
+            final["ranks_in_sync"] = in_sync
+        log_file.write(json.dumps(final) + "\n")
+        log_file.close()
+        print(f"done in {final['wall_s']}s: {run_dir}")
+    if world > 1:
+        dist.destroy_process_group()
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
