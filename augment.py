@@ -25,8 +25,6 @@ Whether a training sample uses the mixed version (t > t_mix and u < p_mix) is de
 MixedDataset always returns both versions, reproducibly from (seed, epoch, index).
 """
 import argparse
-import os
-import tempfile
 import textwrap
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -36,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from data import (Scene, SyntheticImageNet, describe_background, describe_object, long_caption, position_name,
-                  relation_name, render_masks, to_uint8)
+from data import (PROMPT_OPENINGS, Scene, SyntheticImageNet, describe_background, describe_object, long_caption, position_name,
+                  relation_name, render_masks, save_png, to_uint8)
 
 CUTMIX_SETTINGS = ("1/2", "1/4", "1/9", "1/16", "all")
 
@@ -193,15 +191,18 @@ def mixed_caption(base: Scene, other: Scene, placement: Placement, rng: np.rando
     # CM 1/2: every visible pixel of A lies on A's side of the border, so the split decides the relation.
     rel = {"right half": "to the left of", "bottom half": "above"}.get(placement.where, relation_name(ax, ay, bx, by))
     relation = f"The {oa.color} {oa.shape} is {rel} the {ob.color} {ob.shape}."
+    # The short form reads like a GenEval prompt: "a photo of a red star to the left of a blue circle".
+    short = _pick(rng, PROMPT_OPENINGS) + describe_object(oa, rng, False) + _pick(rng, (f" {rel} ", " and ")) + \
+        describe_object(ob, rng, False)
     if placement.setting == "1/2":
         first, second = ("left", "right") if placement.where == "right half" else ("top", "bottom")
         options = (f"The image is split into two halves: the {first} half shows {a} on {bg_a}, and the {second} "
                    f"half shows {b} on {bg_b}. {relation}",
-                   f"{describe_object(oa, rng, False)} {rel} {describe_object(ob, rng, False)}",
+                   short,
                    f"Two pictures in one: {a} on the {first}, {b} on the {second}. {relation}")
     else:
         options = (f"{a} on {bg_a}; {where}, {b}.",
-                   f"{describe_object(oa, rng, False)} {rel} {describe_object(ob, rng, False)}",
+                   short,
                    f"{a} {position_name(ax, ay)} on {bg_a}. A small inset {where} shows {b} on {bg_b}. {relation}",
                    f"{where}, a square patch of {bg_b} contains {b}; the rest of the picture shows {a}. {relation}")
     text = _pick(rng, options)
@@ -354,15 +355,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="dataset and augmentation seed (default 0)")
     args = parser.parse_args()
     grid = demo_grid(args.image_size, args.seed)
-    # Atomic write: a reader never sees a half-written PNG.
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(args.demo)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            grid.save(f, format="PNG")
-        os.replace(tmp, args.demo)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_png(grid, args.demo)
     print(f"wrote {args.demo} ({grid.width}x{grid.height})")
 
 

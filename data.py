@@ -253,10 +253,14 @@ _BG_PHRASES = {"plain": ("plain {t}", "solid {t}", "uniform {t}"),
                "speckle": ("speckled {t}", "grainy {t}", "{t} speckled")}
 
 
-def describe_object(obj: Obj, rng: np.random.Generator, with_size: bool = True) -> str:
+def describe_object(obj: Obj, rng: np.random.Generator, with_size: bool = True, with_color: bool = True) -> str:
     """'a large red five-pointed star': article, size, color, and a noun that always contains the class name."""
     words = [_pick(rng, _SIZE_WORDS[size_name(obj.size)])] if with_size else []
-    return _a(" ".join(words + [obj.color, _pick(rng, _NOUNS[obj.shape])]))
+    return _a(" ".join(words + [obj.color] * with_color + [_pick(rng, _NOUNS[obj.shape])]))
+
+
+# Short captions open like typed prompts ("a photo of ..."), so GenEval-style prompts are in-distribution.
+PROMPT_OPENINGS = ("", "", "", "a photo of ", "an image of ", "a picture of ")
 
 
 def describe_background(scene: Scene, rng: np.random.Generator, short: bool = False) -> str:
@@ -283,13 +287,15 @@ def class_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def long_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """The TA stand-in for a LLaVA caption: exact, varied, ~20% short and ~80% long."""
+    """The TA stand-in for a LLaVA caption: exact, varied, ~25% short and ~75% long."""
     objs = scene.objects
     if not objs:  # e.g. a crop that cut every object away
         return f"{_cap(describe_background(scene, rng))} with nothing on it."
-    if rng.random() < 0.2:
-        things = " and ".join(describe_object(o, rng, with_size=rng.random() < 0.3) for o in objs)
-        return things + (" on " + describe_background(scene, rng, short=True) if rng.random() < 0.7 else "")
+    if rng.random() < 0.25:  # short, like a typed prompt; one in three leaves the color out, as people do
+        with_color = rng.random() < 0.67
+        things = " and ".join(describe_object(o, rng, rng.random() < 0.3, with_color) for o in objs)
+        return _pick(rng, PROMPT_OPENINGS) + things + (
+            " on " + describe_background(scene, rng, short=True) if rng.random() < 0.5 else "")
     bg = describe_background(scene, rng)
     if len(objs) == 1:
         o = objs[0]
@@ -333,6 +339,26 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (3, H, W) or (B, 3, H, W) in [-1, 1] -> uint8 (H, W, 3) or (B, H, W, 3)."""
     x = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return x.movedim(-3, -1).numpy()
+
+
+def image_grid(images: np.ndarray, cols: int, scale: int = 1) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one (rows*H*scale, cols*W*scale, 3) image, row-major; empty cells black.
+    scale > 1 upscales by pixel repetition: small images stay honest (no smoothing)."""
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    canvas = np.zeros((rows * cols, h, w, c), np.uint8)
+    canvas[:n] = images
+    grid = canvas.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+    return grid.repeat(scale, 0).repeat(scale, 1) if scale > 1 else grid
+
+
+def save_png(image: "np.ndarray | Image.Image", path: str) -> None:
+    """Write a PNG atomically (temporary file, then rename): a crash never leaves half an image."""
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 class SyntheticImageNet(torch.utils.data.Dataset):

@@ -12,18 +12,16 @@ the batch size.
 """
 import argparse
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from data import to_uint8
+from data import image_grid, save_png, to_uint8
 from diffusion import sample
 from model import WordTokenizer
 from train import Config, TextConditioner, build_model, checkpoints
@@ -86,24 +84,6 @@ def generate(pipe: Pipeline, prompts: list[str], seed: int = 0, guidance: float 
     return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
 
-def image_grid(images: np.ndarray, columns: int, scale: int = 1) -> Image.Image:
-    """(N, H, W, 3) uint8 -> one PIL image, `columns` wide, upscaled by `scale` (nearest: keep pixels honest)."""
-    n, h, w, _ = images.shape
-    rows = -(-n // columns)
-    canvas = np.full((rows * h, columns * w, 3), 255, np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, columns)
-        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
-    grid = Image.fromarray(canvas)
-    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST) if scale > 1 else grid
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def read_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts:
@@ -149,8 +129,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
         slug = re.sub(r"[^a-z0-9]+", "_", prompts[k // n].lower()).strip("_")[:60]
-        save_png(Image.fromarray(image), out / f"{k // n:04d}_{slug}_{k % n}.png")
-    save_png(image_grid(images, columns=n, scale=args.scale), out / "grid.png")
+        save_png(image, out / f"{k // n:04d}_{slug}_{k % n}.png")
+    save_png(image_grid(images, cols=n, scale=args.scale), out / "grid.png")
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
     print(f"{len(images)} images from {pipe.checkpoint} -> {out} (grid: {out / 'grid.png'})")
     return out

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from augment import CUTMIX_SETTINGS, MixedDataset
-from data import ImageFolderCaptions, SyntheticImageNet, to_uint8
+from data import ImageFolderCaptions, SyntheticImageNet, image_grid, save_png, to_uint8
 from diffusion import flow_matching_loss, mix_mask, sample, sample_t
 from model import DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, count_parameters
 
@@ -315,21 +315,14 @@ def check_resumable(saved: dict, cfg: Config, given: set[str]) -> Config:
 @torch.no_grad()
 def sample_grid(model, condition: TextConditioner, cfg: Config, device, path: Path) -> None:
     """A grid of SAMPLE_PROMPTS (rows: prompts, 4 seeds each) from fixed noise, written atomically."""
-    from PIL import Image
     prompts = [p for p in SAMPLE_PROMPTS for _ in range(4)]
     noise = torch.randn(len(prompts), 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
     text, mask = condition(prompts)
     null_text, null_mask = condition([""])
     images = sample(model, noise.to(device), text, mask, null_text, null_mask, steps=cfg.sample_steps,
                     guidance=cfg.guidance, method="euler")
-    tiles = to_uint8(images.clamp(-1, 1).cpu())                                 # (n, H, W, 3)
-    s = cfg.image_size
-    grid = tiles.reshape(len(SAMPLE_PROMPTS), 4, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 4 * s, 3)
-    grid = Image.fromarray(grid).resize((4 * s * 2, len(SAMPLE_PROMPTS) * s * 2), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    grid.save(tmp)
-    os.replace(tmp, path)
+    save_png(image_grid(to_uint8(images.clamp(-1, 1)), cols=4, scale=2), path)
 
 
 class HeldOutLoss:

@@ -1,0 +1,230 @@
+"""Tests for eval.py: the judge is validated on ground-truth renders, noise, blank images and wrong prompts;
+the prompt set is deterministic; the GenEval/DPG writers produce layouts the rules accept; statistics are right."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import eval as E
+from data import render
+
+
+@pytest.fixture(scope="session")
+def judge_cache(tmp_path_factory):
+    # A temporary cache for the whole session, also as the default: nothing is written to $HOME.
+    path, before = str(tmp_path_factory.mktemp("judge-cache")), os.environ.get("IMAGENET_T2I_CACHE")
+    os.environ["IMAGENET_T2I_CACHE"] = path
+    yield path
+    if before is None:
+        os.environ.pop("IMAGENET_T2I_CACHE")
+    else:
+        os.environ["IMAGENET_T2I_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def judge(judge_cache):
+    return E.load_judge(judge_cache, log=lambda message: None)     # trained once: ~10 s of CPU
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return E.make_prompts(per_category=8, seed=0)
+
+
+def accuracy_by_category(correct: np.ndarray, prompts) -> dict:
+    tags = np.array([p.metadata["tag"] for p in prompts])
+    return {t: float(correct[tags == t].mean()) for t in E.CATEGORIES}
+
+
+#################################################################################
+#                                     Judge                                     #
+#################################################################################
+
+def test_judge_accepts_ground_truth_renders(judge, prompts):
+    images = np.stack([render(p.scene) for p in prompts])
+    correct, reasons = judge.score(images, [p.metadata for p in prompts])
+    accuracy = accuracy_by_category(correct, prompts)
+    assert min(accuracy.values()) >= 0.95, (accuracy, [r for r in reasons if r])
+
+
+def test_judge_rejects_noise_and_blank_images(judge, prompts):
+    rng = np.random.default_rng(0)
+    shape = (len(prompts), 32, 32, 3)
+    noise = rng.integers(0, 256, shape, dtype=np.uint8)
+    blank = np.broadcast_to(rng.integers(90, 171, (len(prompts), 1, 1, 1)), shape).astype(np.uint8)
+    for images in (noise, blank):
+        correct, _ = judge.score(images, [p.metadata for p in prompts])
+        assert np.mean(list(accuracy_by_category(correct, prompts).values())) <= 0.05
+
+
+def wrong(metadata: dict, scene) -> dict:
+    """The same prompt made false for its ground-truth scene: the judge must notice each kind of error."""
+    m = json.loads(json.dumps(metadata))
+    first = m["include"][0]
+    other = next(s for s in E.SHAPES if s not in {o.shape for o in scene.objects})
+    if m["tag"] in ("single_object", "two_object"):
+        m["include"][-1]["class"] = other
+    elif m["tag"] == "counting":
+        first["count"] += 1
+        m["exclude"][0]["count"] += 1
+    elif m["tag"] == "colors":
+        first["color"] = next(c for c in E.COLOR_NAMES if c != first["color"])
+    elif m["tag"] == "position":
+        relation = m["include"][1]["position"][0]
+        opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        m["include"][1]["position"][0] = opposite[relation]
+    else:  # attribute binding: swap the two colors
+        first["color"], m["include"][1]["color"] = m["include"][1]["color"], first["color"]
+    return m
+
+
+def test_judge_rejects_renders_of_false_prompts(judge, prompts):
+    images = np.stack([render(p.scene) for p in prompts])
+    correct, _ = judge.score(images, [wrong(p.metadata, p.scene) for p in prompts])
+    assert max(accuracy_by_category(correct, prompts).values()) <= 0.05
+
+
+def test_geneval_rules_on_hand_made_detections():
+    def det(shape, color, x, y):
+        return E.Detection(shape, color, 0.9, (x - 0.1, y - 0.1, x + 0.1, y + 0.1))
+
+    three_stars = [det("star", "red", 0.2, 0.5), det("star", "blue", 0.5, 0.5), det("star", "red", 0.8, 0.5)]
+    counting = {"tag": "counting", "include": [{"class": "star", "count": 3}],
+                "exclude": [{"class": "star", "count": 4}], "prompt": "a photo of three stars"}
+    assert E.check_metadata(three_stars, counting)[0]
+    assert not E.check_metadata(three_stars[:2], counting)[0]
+    assert not E.check_metadata(three_stars + [det("star", "red", 0.5, 0.2)], counting)[0]   # exactly three
+    red = {"tag": "colors", "include": [{"class": "star", "count": 2, "color": "red"}], "prompt": ""}
+    assert E.check_metadata(three_stars, red)[0]
+    assert not E.check_metadata(three_stars[:2], red)[0]
+    position = {"tag": "position", "prompt": "a photo of a star to the left of a circle",
+                "include": [{"class": "circle", "count": 1}, {"class": "star", "count": 1, "position": ["left of", 0]}]}
+    assert E.check_metadata([det("circle", "red", 0.7, 0.5), det("star", "red", 0.3, 0.55)], position)[0]
+    assert not E.check_metadata([det("circle", "red", 0.3, 0.5), det("star", "red", 0.7, 0.5)], position)[0]
+    assert not E.check_metadata([det("circle", "red", 0.5, 0.5), det("star", "red", 0.52, 0.5)], position)[0]  # too close
+    assert E.relative_position((0, 0, 0.2, 0.2), (0.5, 0.5, 0.7, 0.7)) == {"left of", "above"}
+
+
+def test_judge_is_cached(judge, judge_cache):
+    messages = []
+    again = E.load_judge(log=messages.append)              # the session's file (via the env var): loaded, not retrained
+    assert messages == [] and os.listdir(judge_cache) == [os.path.basename(E.judge_path())]
+    for a, b in zip(judge.model.state_dict().values(), again.model.state_dict().values()):
+        assert (a == b).all()
+
+#################################################################################
+#                                  Prompt Set                                   #
+#################################################################################
+
+def test_prompt_set_is_deterministic_and_well_formed(prompts):
+    same, other = E.make_prompts(per_category=8, seed=0), E.make_prompts(per_category=8, seed=1)
+    assert [p.metadata for p in same] == [p.metadata for p in prompts]
+    assert [p.scene for p in same] == [p.scene for p in prompts]
+    assert [p.metadata for p in other] != [p.metadata for p in prompts]
+    tags = [p.metadata["tag"] for p in prompts]
+    assert all(tags.count(t) == 8 for t in E.CATEGORIES)
+    for p in prompts:
+        m = p.metadata
+        assert m["prompt"].startswith("a photo of ") and all(r["class"] in E.SHAPES for r in m["include"])
+        assert len(p.scene.objects) == sum(r["count"] for r in m["include"])
+    texts = {p.metadata["tag"]: p.metadata["prompt"] for p in prompts}
+    assert "to the" in texts["position"] or " above " in texts["position"] or " below " in texts["position"]
+    assert texts["counting"].split()[3] in ("two", "three", "four")
+
+#################################################################################
+#                                    Layouts                                    #
+#################################################################################
+
+def test_geneval_layout_is_accepted_and_broken_ones_are_not(tmp_path, prompts):
+    metadatas = [p.metadata for p in prompts[:3]]
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
+    out = tmp_path / "geneval"
+    E.write_geneval_layout(str(out), metadatas, images)
+    E.write_geneval_layout(str(out), metadatas, images)          # overwriting is atomic and allowed
+    assert E.check_geneval_layout(str(out)) == 3
+    assert json.loads((out / "00001" / "metadata.jsonl").read_text()) == metadatas[1]
+    assert (np.asarray(Image.open(out / "00002" / "samples" / "0003.png")) == images[2, 3]).all()
+    assert Image.open(out / "00000" / "grid.png").size == (64, 64)
+    (out / "00001" / "metadata.jsonl").write_text(json.dumps(metadatas[1]) + "\n" + json.dumps(metadatas[1]) + "\n")
+    with pytest.raises(ValueError, match="00001/metadata.jsonl"):
+        E.check_geneval_layout(str(out))
+    E.write_geneval_layout(str(out), metadatas, images)
+    os.rename(out / "00002" / "samples" / "0001.png", out / "00002" / "samples" / "one.png")
+    with pytest.raises(ValueError, match="00002/samples"):
+        E.check_geneval_layout(str(out))
+    E.write_geneval_layout(str(out), metadatas, images)
+    os.rename(out / "00002", out / "00003")
+    with pytest.raises(ValueError, match="without gaps"):
+        E.check_geneval_layout(str(out))
+    os.rename(out / "00003", out / "0002")
+    with pytest.raises(ValueError, match="5 digits"):
+        E.check_geneval_layout(str(out))
+
+
+def test_dpg_layout_is_one_2x2_grid_per_prompt(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8)
+    E.write_dpg_layout(str(tmp_path / "dpg"), ["a", "b"], images)
+    assert sorted(os.listdir(tmp_path / "dpg")) == ["a.png", "b.png"]
+    grid = np.asarray(Image.open(tmp_path / "dpg" / "b.png"))
+    assert grid.shape == (32, 32, 3) and (grid[16:, :16] == images[1, 2]).all() and (grid[:16, 16:] == images[1, 1]).all()
+    with pytest.raises(ValueError):
+        E.write_dpg_layout(str(tmp_path / "bad"), ["a"], images[:1, :3])
+
+#################################################################################
+#                                  Statistics                                   #
+#################################################################################
+
+def test_bootstrap_interval_contains_estimate_and_narrows():
+    rng = np.random.default_rng(0)
+    small = {"a": rng.random((50, 4)) < 0.7, "b": rng.random((50, 4)) < 0.3}
+    large = {"a": rng.random((200, 4)) < 0.7, "b": rng.random((200, 4)) < 0.3}
+    s, l = E.bootstrap_accuracy(small), E.bootstrap_accuracy(large)
+    for r in (*s.values(), *l.values()):
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+    assert s["a"]["accuracy"] == pytest.approx(small["a"].mean())
+    assert s["overall"]["accuracy"] == pytest.approx((small["a"].mean() + small["b"].mean()) / 2)
+    for k in ("a", "b", "overall"):
+        ratio = (l[k]["ci_high"] - l[k]["ci_low"]) / (s[k]["ci_high"] - s[k]["ci_low"])
+        assert 0.3 < ratio < 0.7                                  # 4x the prompts: about half the width
+    assert E.bootstrap_accuracy(small) == s                       # seeded
+
+
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2, d1, d2 = rng.normal(size=5), rng.normal(size=5), rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    expected = ((mu1 - mu2) ** 2).sum() + (d1 + d2 - 2 * np.sqrt(d1 * d2)).sum()
+    assert E.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(expected, rel=1e-9)
+    rotation, _ = np.linalg.qr(rng.normal(size=(5, 5)))         # same eigenvectors: the closed form still holds
+    s1, s2 = rotation @ np.diag(d1) @ rotation.T, rotation @ np.diag(d2) @ rotation.T
+    assert E.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert E.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        E.frechet_distance(mu1, s1, mu2[:4], s2[:4, :4])
+
+#################################################################################
+#                                  End to End                                   #
+#################################################################################
+
+def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
+    scenes = {}
+    for p in E.make_prompts(per_category=3, seed=0):
+        scenes.setdefault(p.metadata["prompt"], p.scene)
+
+    def perfect(texts: list[str]) -> np.ndarray:     # draws each prompt's ground truth: a model in memory
+        return np.stack([render(scenes[t]) for t in texts])
+
+    out = tmp_path / "shapes"
+    results = E.evaluate_shapes(perfect, per_category=3, images_per_prompt=2, out_dir=str(out), judge=judge, progress=False)
+    assert results["accuracy"]["overall"]["accuracy"] >= 0.95 and set(results["accuracy"]) == {*E.CATEGORIES, "overall"}
+    assert E.check_geneval_layout(str(out / "geneval")) == 18
+    assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
+    assert "| overall |" in (out / "results.md").read_text()
+    assert all((out / f"grid_{t}.png").exists() for t in E.CATEGORIES)
+
+
+def test_cli_names_a_missing_run_dir(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["shapes", "--ckpt", "/nonexistent/run"])
+    assert "/nonexistent/run" in capsys.readouterr().err
