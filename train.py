@@ -83,8 +83,8 @@ class Config:
     steps: int = 1500
     batch_size: int = 48                # global, over all ranks and accumulation steps
     grad_accum: int = 1
-    lr: float = 2e-3
-    lr_schedule: str = "constant"       # "constant" or "cosine" (down to min_lr), after linear warmup
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"         # "cosine" (down to min_lr) or "constant", after linear warmup
     warmup: int = 100
     min_lr: float = 1e-5
     weight_decay: float = 0.01
@@ -115,8 +115,8 @@ PRESETS: dict[str, dict] = {
 }
 
 # Fields that may change when resuming: they do not change what is being trained.
-RESUMABLE_FIELDS = {"name", "out_dir", "steps", "device", "compile", "num_workers", "log_every", "sample_every", "ckpt_every",
-                    "keep_ckpts", "eval_every", "sample_steps", "guidance"}
+RESUMABLE_FIELDS = {"name", "out_dir", "steps", "device", "compile", "num_workers", "log_every", "sample_every",
+                    "ckpt_every", "keep_ckpts", "eval_every", "sample_steps", "guidance"}
 
 CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
            "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
@@ -236,6 +236,22 @@ def step_generator(seed: int, rank: int, step: int, micro_step: int, device="cpu
     """A generator seeded by (seed, rank, step, micro-step, device type): resumable without saved RNG streams."""
     key = [seed, rank, step, micro_step, 0 if torch.device(device).type == "cpu" else 1]
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+
+
+def training_batch(batch: dict, cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The paper's IA rule and condition dropout on one (micro-)batch from MixedDataset.
+
+    t ~ logit-normal; a sample becomes its CutMix version (image AND caption) where t > t_mix and u < p_mix;
+    then its caption becomes "" (the CFG null) with probability cond_dropout. The draws happen on the host,
+    from `gen`, so picking caption strings needs no device sync. Returns x0 (b,C,H,W), t (b,), captions."""
+    b = len(batch["caption"])
+    t = sample_t(b, cfg.t_schedule, generator=gen)
+    use_mix = mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen) if cfg.cutmix != "none" else torch.zeros(b, dtype=bool)
+    drop = (torch.rand(b, generator=gen) < cfg.cond_dropout).tolist()
+    captions = ["" if d else (mixed if m else plain) for plain, mixed, m, d in
+                zip(batch["caption"], batch["mixed_caption"], use_mix.tolist(), drop)]
+    x0 = torch.where(use_mix[:, None, None, None], batch["mixed_image"], batch["image"])
+    return x0, t, captions
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
@@ -387,7 +403,7 @@ def main(argv: list[str] | None = None) -> Path:
     master = rank == 0
     micro = cfg.batch_size // (world * cfg.grad_accum)
     if micro == 0:
-        raise SystemExit(f"--batch_size {cfg.batch_size} is smaller than world_size*grad_accum = {world * cfg.grad_accum}")
+        raise SystemExit(f"--batch_size {cfg.batch_size} < world_size x grad_accum = {world * cfg.grad_accum}")
     amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
                  "float32": None}[cfg.dtype]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -430,7 +446,8 @@ def main(argv: list[str] | None = None) -> Path:
         train_model = torch.compile(train_model)
     sampler = EpochBatches(len(dataset), micro, rank, world, cfg.seed, start=start * cfg.grad_accum)
     loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                              pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0))
+                                              pin_memory=device.type == "cuda",
+                                              persistent_workers=cfg.num_workers > 0))
     heldout = HeldOutLoss(dataset, cfg) if cfg.eval_every and cfg.data == "synthetic" and master else None
     flops_per_image = 3 * model.dit.flops_per_forward(cfg.max_text_length // 2)
     log_file = open(run_dir / "log.jsonl", "a") if master else None
@@ -443,26 +460,20 @@ def main(argv: list[str] | None = None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro_step in range(cfg.grad_accum):
-            batch = next(loader)
-            # Host-side draws (t, mix, dropout) pick captions without a device sync; eps is drawn on the device.
-            gen = step_generator(cfg.seed, rank, step, micro_step)
-            t = sample_t(micro, cfg.t_schedule, generator=gen)
-            use_mix = mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen) if cfg.cutmix != "none" else torch.zeros(micro, dtype=torch.bool)
-            drop = torch.rand(micro, generator=gen) < cfg.cond_dropout
-            captions = ["" if d else (m_cap if m else cap) for cap, m_cap, m, d in
-                        zip(batch["caption"], batch["mixed_caption"], use_mix.tolist(), drop.tolist())]
-            x0 = torch.where(use_mix[:, None, None, None], batch["mixed_image"], batch["image"])
-            x0 = x0.to(device, non_blocking=True)
-            noise = torch.randn(x0.shape, generator=step_generator(cfg.seed, rank, step, micro_step, device), device=device)
+            x0, t, captions = training_batch(next(loader), cfg, step_generator(cfg.seed, rank, step, micro_step))
+            noise_gen = step_generator(cfg.seed, rank, step, micro_step, device)
+            noise = torch.randn(x0.shape, generator=noise_gen, device=device)
+            x0, t = x0.to(device, non_blocking=True), t.to(device, non_blocking=True)
             text, mask = condition(captions)
             # Gradients are all-reduced only on the last micro-step of the accumulation.
-            sync = contextlib.nullcontext() if world == 1 or micro_step == cfg.grad_accum - 1 else train_model.no_sync()
-            with sync, autocast:
-                loss = flow_matching_loss(train_model, x0, t.to(device), noise, text, mask)
+            last = world == 1 or micro_step == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else train_model.no_sync():
+                with autocast:
+                    loss = flow_matching_loss(train_model, x0, t, noise, text, mask)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
             loss_count += 1
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         update_ema(ema, model, step, cfg.ema_decay)
@@ -474,7 +485,8 @@ def main(argv: list[str] | None = None) -> Path:
             mean_loss = loss_sum.item() / (loss_count * world)                  # the only host sync, when logging
             elapsed, tick = time.time() - tick, time.time()
             images_per_s = loss_count * micro * world / elapsed
-            record = {"step": done, "loss": round(mean_loss, 5), "lr": lr, "images_per_s": round(images_per_s, 1)}
+            record = {"step": done, "loss": round(mean_loss, 5), "grad_norm": round(grad_norm.item(), 4), "lr": lr,
+                      "images_per_s": round(images_per_s, 1)}
             if device.type == "cuda":
                 peak = 989e12 * world                                           # H100/H200 dense bf16
                 record["mfu"] = round(images_per_s * flops_per_image / peak, 4)
@@ -493,7 +505,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- end: every rank must hold the same weights --------------------------------------------------------
     if world > 1:
-        fingerprint = torch.stack([p.detach().double().sum() for p in list(model.parameters()) + list(ema.parameters())])
+        tensors = list(model.parameters()) + list(ema.parameters())
+        fingerprint = torch.stack([p.detach().double().sum() for p in tensors])
         gathered = [torch.zeros_like(fingerprint) for _ in range(world)]
         dist.all_gather(gathered, fingerprint)
         in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
