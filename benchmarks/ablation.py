@@ -11,7 +11,8 @@ benchmark (eval.py) at --evals evenly spaced checkpoints. Finished runs and scor
 interrupted ablation continues where it stopped.
 
 Writes to --out (default runs/ablation): results.json, results.md (final scores per category with 95%
-intervals), score_vs_steps.png and heldout_loss.png.
+intervals, GenEval rules and shape-agnostic), score_vs_steps.png, attribute_score_vs_steps.png and
+heldout_loss.png.
 """
 import argparse
 import json
@@ -71,7 +72,8 @@ def score_checkpoints(run_dir: Path, args: argparse.Namespace, judge) -> list[di
             out_dir = str(run_dir / "eval" / ckpt.name) if ckpt == train.checkpoints(run_dir)[-1] else None
             full = shapes_eval.evaluate_shapes(pipe, per_category=args.per_category, seed=0, out_dir=out_dir,
                                                images_per_prompt=args.images_per_prompt, judge=judge)
-            result = {"step": int(ckpt.name.split("_")[1]), "accuracy": full["accuracy"], "seconds": full["seconds"]}
+            result = {"step": int(ckpt.name.split("_")[1]), "accuracy": full["accuracy"],
+                      "attribute_accuracy": full["attribute_accuracy"], "seconds": full["seconds"]}
             tmp = cached.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1))
             os.replace(tmp, cached)
@@ -89,13 +91,21 @@ def heldout_curve(run_dir: Path) -> list[dict]:
 #                                Table and plots                                #
 #################################################################################
 
-def markdown(results: dict, args: argparse.Namespace, hours: float) -> str:
-    categories = list(shapes_eval.CATEGORIES) + ["overall"]
-    lines = ["| recipe | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+def score_table(results: dict, key: str, categories: tuple[str, ...]) -> list[str]:
+    names = list(categories) + ["overall"]
+    lines = ["| recipe | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for run, r in results.items():
-        acc = r["scores"][-1]["accuracy"]
-        cells = [f"{acc[c]['accuracy']:.2f} [{acc[c]['ci_low']:.2f}, {acc[c]['ci_high']:.2f}]" for c in categories]
+        acc = r["scores"][-1][key]
+        cells = [f"{acc[c]['accuracy']:.2f} [{acc[c]['ci_low']:.2f}, {acc[c]['ci_high']:.2f}]" for c in names]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results: dict, args: argparse.Namespace, hours: float) -> str:
+    lines = ["GenEval rules (final checkpoint, 95% bootstrap intervals):", ""]
+    lines += score_table(results, "accuracy", shapes_eval.CATEGORIES)
+    lines += ["", "Shape-agnostic (any colored object counts as any shape):", ""]
+    lines += score_table(results, "attribute_accuracy", shapes_eval.ATTRIBUTE_CATEGORIES)
     lines += ["", "| recipe | held-out loss (final) | seen-scene loss (final) | min held-out loss (step) |",
               "|---|---|---|---|"]
     for run, r in results.items():
@@ -183,9 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "results.json").write_text(json.dumps({"settings": vars(args) | {"train_flags": extra},
                                                   "results": results}, indent=1))
     (out / "results.md").write_text(markdown(results, args, hours))
-    line_plot({run: [(s["step"], s["accuracy"]["overall"]["accuracy"]) for s in r["scores"]]
-               for run, r in results.items()}, "shapes benchmark, overall", "overall accuracy",
-              out / "score_vs_steps.png")
+    for key, title, name in (("accuracy", "shapes benchmark, overall (GenEval rules)", "score_vs_steps.png"),
+                             ("attribute_accuracy", "shapes benchmark, overall (shape-agnostic)",
+                              "attribute_score_vs_steps.png")):
+        line_plot({run: [(s["step"], s[key]["overall"]["accuracy"]) for s in r["scores"]]
+                   for run, r in results.items()}, title, "overall accuracy", out / name)
     line_plot({run: [(c["step"], c["heldout_loss"]) for c in r["heldout"]] for run, r in results.items()},
               "flow-matching loss on never-seen scenes", "held-out loss", out / "heldout_loss.png")
     print((out / "results.md").read_text())

@@ -107,6 +107,22 @@ def test_geneval_rules_on_hand_made_detections():
     assert E.relative_position((0, 0, 0.2, 0.2), (0.5, 0.5, 0.7, 0.7)) == {"left of", "above"}
 
 
+def test_shape_agnostic_rules_count_blobs_once():
+    def blob(color, x):
+        return E.Detection("junk", color, 0.9, (x - 0.1, 0.4, x + 0.1, 0.6))
+
+    color_attr = {"tag": "color_attr", "prompt": "a photo of a red star and a blue circle",
+                  "include": [{"class": "star", "count": 1, "color": "red"}, {"class": "circle", "count": 1, "color": "blue"}]}
+    two = [blob("red", 0.3), blob("blue", 0.7)]
+    assert not E.check_metadata(two, color_attr)[0]                           # GenEval rules need the shapes
+    assert E.check_metadata(two, color_attr, ignore_shape=True)[0]
+    assert not E.check_metadata(two[:1] * 2, color_attr, ignore_shape=True)[0]
+    two_object = {"tag": "two_object", "prompt": "", "include": [{"class": "star", "count": 1},
+                                                                 {"class": "circle", "count": 1}]}
+    assert not E.check_metadata(two[:1], two_object, ignore_shape=True)[0]     # one blob cannot be both objects
+    assert E.check_metadata(two, two_object, ignore_shape=True)[0]
+
+
 def test_judge_is_cached(judge, judge_cache):
     messages = []
     again = E.load_judge(log=messages.append)              # the session's file (via the env var): loaded, not retrained
