@@ -27,9 +27,11 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -56,54 +58,54 @@ from model import DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage
 @dataclass
 class Config:
     name: str = "default"               # run directory: out_dir/name
-    out_dir: str = "runs"
-    seed: int = 0
-    # data: "synthetic" or an image folder root/<class>/*.jpg (with caption_file: TSV or JSONL)
-    data: str = "synthetic"
-    caption_file: str = ""
+    out_dir: str = "runs"               # parent folder of the run directories
+    seed: int = 0                       # data, initial weights and every random draw of the run
+    # data
+    data: str = "synthetic"             # "synthetic", or an image folder root/<class>/*.jpg
+    caption_file: str = ""              # image folder captions: TSV filename<TAB>caption, or JSONL
     num_images: int = 20000             # synthetic: a finite set, as ImageNet is finite
-    image_size: int = 32
+    image_size: int = 32                # pixels (synthetic: 32 or 64)
     # the paper's recipe
     captions: str = "long"              # "long" (TA) or "class" (the AIO baseline: "a photo of a star")
     cutmix: str = "all"                 # IA: "none" or a CutMix setting (1/2, 1/4, 1/9, 1/16, all)
     crop: bool = False                  # IA: random crops of the plain image
     t_mix: float = 0.45                 # mixed samples only where t > t_mix (SNR < 1.5) ...
     p_mix: float = 0.5                  # ... and then with probability p_mix
-    cond_dropout: float = 0.1
-    t_schedule: str = "logit_normal"
+    cond_dropout: float = 0.1           # caption -> "" (the guidance null) with this probability
+    t_schedule: str = "logit_normal"    # training times: logit-normal(0, 1) or uniform
     # model
     model: str = "tiny"                 # a key of model.DIT_SIZES
     patch_size: int = 4                 # 32x32 pixels -> 64 tokens (a CPU budget); 2 on GPUs
-    pos_embed: str = "sincos"
+    pos_embed: str = "sincos"           # 2D positions: fixed sin-cos table, or RoPE in self-attention
     text_encoder: str = "learned"       # "learned" (trained jointly, offline) or a Hugging Face path/id
-    text_width: int = 128
-    text_depth: int = 2
-    max_text_length: int = 64
+    text_width: int = 128               # learned text encoder: width ...
+    text_depth: int = 2                 # ... and layers
+    max_text_length: int = 64           # tokens per caption (longer ones are cut)
     # optimisation
-    steps: int = 1500
+    steps: int = 1500                   # optimiser steps
     batch_size: int = 48                # global, over all ranks and accumulation steps
-    grad_accum: int = 1
-    lr: float = 3e-3
+    grad_accum: int = 1                 # micro-steps per optimiser step
+    lr: float = 3e-3                    # AdamW peak learning rate
     lr_schedule: str = "cosine"         # "cosine" (down to min_lr) or "constant", after linear warmup
-    warmup: int = 100
-    min_lr: float = 1e-5
-    weight_decay: float = 0.01
-    beta2: float = 0.99
-    grad_clip: float = 2.0
-    ema_decay: float = 0.999
+    warmup: int = 100                   # linear warmup steps
+    min_lr: float = 1e-5                # end of the cosine
+    weight_decay: float = 0.01          # not on norms, biases, embeddings
+    beta2: float = 0.99                 # AdamW's second-moment decay
+    grad_clip: float = 2.0              # max global gradient norm
+    ema_decay: float = 0.999            # EMA of the weights (used for samples and evaluation)
     # systems
     device: str = "auto"                # "auto", "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"                 # autocast dtype: "auto" (bf16 on CUDA, float32 on CPU), "bfloat16", "float32"
-    compile: bool = False
-    num_workers: int = 0
+    dtype: str = "auto"                 # autocast: "auto" (bf16 on CUDA, float32 on CPU), "bfloat16", "float32"
+    compile: bool = False               # torch.compile the model
+    num_workers: int = 0                # DataLoader worker processes (0: in the training process)
     # logging, samples, checkpoints, held-out loss
-    log_every: int = 25
-    sample_every: int = 500
-    ckpt_every: int = 500
-    keep_ckpts: int = 2
+    log_every: int = 25                 # steps between log lines (and the only host syncs)
+    sample_every: int = 500             # steps between sample grids
+    ckpt_every: int = 500               # steps between checkpoints
+    keep_ckpts: int = 2                 # checkpoints kept (older ones are deleted)
     eval_every: int = 0                 # held-out flow-matching loss every N steps (0: off)
-    sample_steps: int = 30
-    guidance: float = 3.0
+    sample_steps: int = 30              # Euler steps for sample grids (and sample.py's default)
+    guidance: float = 3.0               # classifier-free guidance scale (and sample.py's default)
 
 
 PRESETS: dict[str, dict] = {
@@ -131,18 +133,25 @@ SAMPLE_PROMPTS = [
 ]
 
 
+def field_comments() -> dict[str, str]:
+    """The comment after each Config field: --help shows the same words the dataclass does."""
+    found = (re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)", line) for line in inspect.getsource(Config).splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
     """Config from --preset, then explicit flags; returns (config, resume, names of the flags given)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="named defaults (default: cpu)")
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint of out_dir/name")
+    comments = field_comments()
     for field in dataclasses.fields(Config):
         flag, kind = f"--{field.name}", type(field.default)
+        text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(field.name),
-                                help=f"(default: {field.default})")
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(field.name), help=text)
     args = parser.parse_args(argv)
     given = {f.name for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
     cfg = Config(**PRESETS[args.preset])
