@@ -143,9 +143,9 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, ylabel: 
         px, _ = to_px(x, y0)
         draw.line([px, H - bottom, px, H - bottom + 4], fill="black")
         draw.text((px - 12, H - bottom + 8), f"{x:g}", fill="black")
-    draw.text((left, 12), title, fill="black")
+    draw.text((left, 4), title, fill="black")
     draw.text((W // 2 - 40, H - 18), "training step", fill="black")
-    draw.text((5, top - 28), ylabel, fill="black")
+    draw.text((5, top - 18), ylabel, fill="black")
     for k, (name, pts) in enumerate(series.items()):
         color = COLORS.get(name.split("-seed")[0], (0, 0, 0))
         draw.line([to_px(x, y) for x, y in pts], fill=color, width=2)
