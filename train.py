@@ -3,7 +3,7 @@ Train DiT-I with flow matching on ImageNet-like data, with text (TA) and image (
 
 One plain loop for one process and for torchrun DDP:
 
-    python train.py                                         # CPU default: TA+IA on synthetic data, < 10 min
+    python train.py                                         # CPU default: TA+IA on synthetic data, 9.5-minute budget
     python train.py --preset gpu                            # one GPU, bf16 autocast
     torchrun --nproc_per_node=8 train.py --preset gpu --compile
     python train.py --name default --resume                 # continue the latest checkpoint of runs/default
@@ -19,6 +19,10 @@ One optimisation step, per rank (global batch = batch_size = world_size * grad_a
 
 Everything random in a step is drawn from generators seeded by (seed, rank, step), and the data order from
 (seed, epoch): a run resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
+
+A time budget (--time_budget minutes; the cpu preset's 9.5) times a few warmup steps and then fixes `steps`
+so that the run ends in time on this machine; nothing before that point depends on the total, so the run is
+exactly `--steps N` with the N it wrote to config.json.
 
 Run directory runs/<name>/: config.json (the resolved config), vocab.json (learned text encoder),
 log.jsonl, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/{model,ema}.safetensors + state.pt.
@@ -82,7 +86,8 @@ class Config:
     text_depth: int = 2                 # ... and layers
     max_text_length: int = 64           # tokens per caption (longer ones are cut)
     # optimisation
-    steps: int = 1500                   # optimiser steps
+    steps: int = 1500                   # optimiser steps (with a time budget: set from the measured speed)
+    time_budget: float = 0.0            # minutes for the whole run: fixes `steps` from the warmup's speed (0: off)
     batch_size: int = 48                # global, over all ranks and accumulation steps
     grad_accum: int = 1                 # micro-steps per optimiser step
     lr: float = 3e-3                    # AdamW peak learning rate
@@ -105,20 +110,21 @@ class Config:
     keep_ckpts: int = 2                 # checkpoints kept (older ones are deleted)
     eval_every: int = 0                 # held-out flow-matching loss every N steps (0: off)
     sample_steps: int = 30              # Euler steps for sample grids (and sample.py's default)
-    guidance: float = 3.0               # classifier-free guidance scale (and sample.py's default)
+    guidance: float = 5.0               # classifier-free guidance scale (and sample.py's default)
 
 
 PRESETS: dict[str, dict] = {
-    # The defaults above, with more mixed samples: in a few thousand steps IA must teach layouts fast.
-    "cpu": dict(p_mix=0.7),
+    # More mixed samples (in a few hundred steps IA must teach layouts fast), and as many steps as fit in
+    # 9.5 minutes: CPUs differ several-fold in speed, so a fixed step count would not end in time everywhere.
+    "cpu": dict(p_mix=0.7, time_budget=9.5),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
                 ema_decay=0.9995, num_workers=6, sample_every=1000, ckpt_every=2000, log_every=50),
 }
 
 # Fields that may change when resuming: they do not change what is being trained.
-RESUMABLE_FIELDS = {"name", "out_dir", "steps", "device", "compile", "num_workers", "log_every", "sample_every",
-                    "ckpt_every", "keep_ckpts", "eval_every", "sample_steps", "guidance"}
+RESUMABLE_FIELDS = {"name", "out_dir", "steps", "time_budget", "device", "compile", "num_workers", "log_every",
+                    "sample_every", "ckpt_every", "keep_ckpts", "eval_every", "sample_steps", "guidance"}
 
 CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
            "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
@@ -157,6 +163,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
     cfg = Config(**PRESETS[args.preset])
     for name in given:
         setattr(cfg, name, getattr(args, name))
+    if "steps" in given and "time_budget" not in given:
+        cfg.time_budget = 0.0                                   # an explicit step count wins over the preset's budget
+    if cfg.time_budget > 0 and cfg.warmup < 8 and not args.resume:           # a resumed run keeps its steps
+        parser.error(f"--time_budget measures the speed during the warmup: it needs --warmup >= 8, got {cfg.warmup}")
     if cfg.batch_size % cfg.grad_accum:
         parser.error(f"--batch_size {cfg.batch_size} must be divisible by --grad_accum {cfg.grad_accum}")
     return cfg, args.resume, given
@@ -285,6 +295,25 @@ def learning_rate(step: int, cfg: Config) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def calibration_steps(cfg: Config) -> tuple[int, int]:
+    """Steps [first, last) timed to set a time-budgeted run's length. They lie inside the warmup, where nothing
+    depends on the total step count (LR, data, noise, EMA), so the run is exactly `--steps N` with the N it picks."""
+    last = min(cfg.warmup, 100)
+    return last // 2, last
+
+
+def steps_in_budget(cfg: Config, elapsed_s: float, step: int, step_s: float) -> int:
+    """Total steps that end the run within cfg.time_budget minutes, `elapsed_s` into it at `step`, one step taking
+    `step_s`. A sample grid costs about (48 images x sample_steps x 2 for guidance) forward passes, one step
+    3 x batch_size (forward + backward); 3% of the time left is kept for the machine's speed to wander."""
+    left = 0.97 * (60 * cfg.time_budget - elapsed_s)
+    grid_s = step_s * 4 * len(SAMPLE_PROMPTS) * cfg.sample_steps * 2 / (3 * cfg.batch_size)
+    total = step + max(0, int(left / step_s))
+    while total > step and (total - step) * step_s + (total // cfg.sample_every + 1) * grid_s > left:
+        total -= 1
+    return max(total, cfg.warmup + 1)
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
     # Warm-up of the decay, (1 + step) / (10 + step): early EMA weights are not stuck at the random init.
@@ -401,6 +430,14 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def set_budgeted_steps(cfg: Config, t0: float, step: int, step_s: float, world: int, device) -> int:
+    """Rank 0's measurement decides, so every rank stops at the same step."""
+    steps = torch.tensor([steps_in_budget(cfg, time.time() - t0, step, step_s)], device=device)
+    if world > 1:
+        dist.broadcast(steps, src=0)
+    return int(steps.item())
+
+
 def main(argv: list[str] | None = None) -> Path:
     cfg, resume, given = parse_args(argv)
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -463,8 +500,20 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- loop ---------------------------------------------------------------------------------------------
     loss_sum, loss_count, tick = torch.zeros((), device=device), 0, time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
-    for step in bar:
+    calibrate = calibration_steps(cfg) if cfg.time_budget > 0 and not resume else None
+    bar = tqdm(initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
+    step = start
+    while step < cfg.steps:
+        if calibrate is not None and step == calibrate[0]:
+            calibrate_tick = time.time()
+        if calibrate is not None and step == calibrate[1]:
+            cfg.steps = set_budgeted_steps(cfg, t0, step, (time.time() - calibrate_tick) / (step - calibrate[0]),
+                                           world, device)
+            bar.total = cfg.steps
+            if master:
+                atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+                log_file.write(json.dumps({"event": "time_budget", "step": step, "steps": cfg.steps}) + "\n")
+                log_file.flush()
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -511,6 +560,9 @@ def main(argv: list[str] | None = None) -> Path:
             sample_grid(ema, condition, cfg, device, run_dir / "samples" / f"step_{done:07d}.png")
         if master and (done % cfg.ckpt_every == 0 or done == cfg.steps):
             save_checkpoint(run_dir, done, model, ema, optimizer, cfg.keep_ckpts)
+        step = done
+        bar.update(1)
+    bar.close()
 
     # ---- end: every rank must hold the same weights --------------------------------------------------------
     if world > 1:

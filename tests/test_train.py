@@ -128,3 +128,31 @@ def test_torchrun_two_ranks_gloo_stay_in_sync(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "done" and log[-1]["ranks_in_sync"] is True
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / "ema.safetensors").is_file()
+
+
+def test_time_budget_run_equals_the_fixed_step_run_it_resolves_to(tmp_path):
+    budgeted = run(tmp_path, "--name", "budget", "--time_budget", "0.1", "--warmup", "8")
+    steps = json.loads((budgeted / "config.json").read_text())["steps"]
+    events = [json.loads(line) for line in (budgeted / "log.jsonl").read_text().splitlines()]
+    calibrated_at = train.calibration_steps(train.Config(warmup=8))[1]
+    assert {"event": "time_budget", "step": calibrated_at, "steps": steps} in events
+    assert steps >= 9 and events[-1]["step"] == steps
+    fixed = run(tmp_path, "--name", "fixed", "--steps", str(steps), "--warmup", "8")
+    a, b = weights(train.checkpoints(budgeted)[-1]), weights(train.checkpoints(fixed)[-1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_steps_in_budget_fills_the_time_left_and_no_more():
+    cfg = train.Config(time_budget=1.0, sample_every=100, sample_steps=10, batch_size=48)
+    step_s, elapsed, step = 0.1, 5.0, 20
+    total = train.steps_in_budget(cfg, elapsed, step, step_s)
+    grid_s = step_s * 4 * len(train.SAMPLE_PROMPTS) * cfg.sample_steps * 2 / (3 * cfg.batch_size)
+
+    def seconds(n):
+        return (n - step) * step_s + (n // cfg.sample_every + 1) * grid_s
+    left = 0.97 * (60 - elapsed)
+    assert seconds(total) <= left < seconds(total + 1)
+    assert train.parse_args(["--steps", "7"])[0].time_budget == 0.0          # an explicit step count wins
+    assert train.parse_args([])[0].time_budget > 0                            # the cpu preset runs on a budget
+    with pytest.raises(SystemExit):
+        train.parse_args(["--time_budget", "1", "--warmup", "4"])
