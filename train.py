@@ -153,7 +153,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
     comments = field_comments()
     for field in dataclasses.fields(Config):
         flag, kind = f"--{field.name}", type(field.default)
-        text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
+        by_preset = "".join(f"; {name} preset: {p[field.name]!r}" for name, p in PRESETS.items() if field.name in p)
+        text = f"{comments.get(field.name, '')} (default: {field.default!r}{by_preset})".strip()
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
