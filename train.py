@@ -88,11 +88,11 @@ class Config:
     # optimisation
     steps: int = 1500                   # optimiser steps (with a time budget: set from the measured speed)
     time_budget: float = 0.0            # minutes for the whole run: fixes `steps` from the warmup's speed (0: off)
-    batch_size: int = 48                # global, over all ranks and accumulation steps
+    batch_size: int = 64                # global, over all ranks and accumulation steps
     grad_accum: int = 1                 # micro-steps per optimiser step
     lr: float = 3e-3                    # AdamW peak learning rate
     lr_schedule: str = "cosine"         # "cosine" (down to min_lr) or "constant", after linear warmup
-    warmup: int = 100                   # linear warmup steps
+    warmup: int = 75                    # linear warmup steps
     min_lr: float = 1e-5                # end of the cosine
     weight_decay: float = 0.01          # not on norms, biases, embeddings
     beta2: float = 0.99                 # AdamW's second-moment decay

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patch", type=int, default=4)
     parser.add_argument("--text-dim", type=int, default=128)
     parser.add_argument("--text-len", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
