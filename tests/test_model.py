@@ -1,5 +1,4 @@
 """Tests for model.py: tokenizer, text encoders, DiT shapes/masking/init/dtypes, FLOP count."""
-import time
 
 import pytest
 import torch
@@ -54,7 +53,7 @@ def test_tokenizer_empty_prompt_truncation_and_vocab_size():
     assert ids.tolist() == [[WordTokenizer.BOS, WordTokenizer.UNK]]
 
 
-def test_tokenizer_save_load_and_speed(tmp_path):
+def test_tokenizer_save_load(tmp_path):
     tok = WordTokenizer.build(CAPTIONS, max_length=12)
     path = tmp_path / "vocab.json"
     tok.save(str(path))
@@ -63,12 +62,6 @@ def test_tokenizer_save_load_and_speed(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # the atomic write left no temporary file
     batch = CAPTIONS * 64
     assert torch.equal(loaded(batch)[0], tok(batch)[0])
-    seconds = []
-    for _ in range(3):  # best of 3: the CPU is shared
-        start = time.perf_counter()
-        tok(batch)
-        seconds.append(time.perf_counter() - start)
-    assert min(seconds) < 0.02  # 256 captions: a few ms
 
 
 #################################################################################
