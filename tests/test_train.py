@@ -100,7 +100,7 @@ def test_sample_prompt_file_errors(tmp_path, capsys):
 def test_ia_rule_selects_mixed_samples_only_at_high_noise():
     cfg = train.Config()
     gen = train.step_generator(cfg.seed, 0, 0, 0)
-    t = train.sample_t(4096, generator=gen)
+    t = train.sample_t(4096, m=cfg.t_mean, generator=gen)
     use = train.mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen)
     assert not use[t <= cfg.t_mix].any() and 0.2 < use.float().mean() < 0.36
 
