@@ -1,5 +1,7 @@
 """End-to-end tests of train.py and sample.py: tiny configs, a handful of steps, CPU only."""
+import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -103,6 +105,17 @@ def test_ia_rule_selects_mixed_samples_only_at_high_noise():
     t = train.sample_t(4096, m=cfg.t_mean, generator=gen)
     use = train.mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen)
     assert not use[t <= cfg.t_mix].any() and 0.2 < use.float().mean() < 0.36
+
+
+def test_training_times_follow_t_mean():
+    n, image = 4096, torch.zeros(4096, 3, 4, 4)
+    batch = {"caption": ["a"] * n, "mixed_caption": ["b"] * n, "image": image, "mixed_image": image}
+    medians = []
+    for t_mean in (0.0, 1.0):
+        cfg = dataclasses.replace(train.Config(), t_mean=t_mean)
+        _, t, _ = train.training_batch(batch, cfg, train.step_generator(cfg.seed, 0, 0, 0))
+        medians.append(t.median().item())
+    assert abs(medians[0] - 0.5) < 0.02 and abs(medians[1] - 1 / (1 + math.exp(-1.0))) < 0.02  # sigmoid(t_mean)
 
 
 def test_frozen_hugging_face_text_encoder_trains_and_samples(tmp_path):
