@@ -17,6 +17,10 @@ GenEval colors, so the same benchmark is exact here:
     position       "a photo of a star to the left of a circle"  include [{circle, 1}, {star, 1, ["left of", 0]}]
     color_attr     "a photo of a red star and a blue circle"    include [{star, 1, red}, {circle, 1, blue}]
 
+plus one category of our own, color_position ("a photo of a red star to the left of a blue circle",
+include [{circle, 1, blue}, {star, 1, red, ["left of", 0]}]): the colors tell the two objects apart,
+so the layout can be judged before a model draws recognisable shapes (see the shape-agnostic score).
+
 Prompts are GenEval metadata dicts (the schema of evaluation_metadata.jsonl) drawn from a seeded
 generator, each with a ground-truth Scene that satisfies it (objects never overlap) for validating
 the judge. The wording follows the training captions ("to the left of", "a red star").
@@ -36,7 +40,8 @@ The rules are GenEval's: an include entry needs at least `count` objects of its 
 position compares box centres with GenEval's margin (0.1 x the summed box sizes); counting is exact
 through its exclude entry {count + 1}.
 
-Statistics: accuracy per category over images, overall = unweighted mean of the 6 categories.
+Statistics: accuracy per category over images, overall = unweighted mean of GenEval's 6 categories
+(shape-agnostic: of its 6, with color_position in place of position).
 95% intervals by percentile bootstrap over prompts (a prompt's images are correlated), all
 categories resampled together for the overall interval. frechet_distance is the FID formula, for the
 FID-family metrics. Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
@@ -72,8 +77,9 @@ from data import BACKGROUNDS, COLORS, SHAPES, Obj, Scene, image_grid, render, re
 #                                  Prompt Set                                   #
 #################################################################################
 
-CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-ATTRIBUTE_CATEGORIES = ("single_object", "two_object", "counting", "colors", "color_attr")  # shape-agnostic score
+CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")        # GenEval's
+TAGS = CATEGORIES + ("color_position",)                                                          # + our layout probe
+ATTRIBUTE_CATEGORIES = ("single_object", "two_object", "counting", "colors", "color_position", "color_attr")
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 COLOR_NAMES = tuple(COLORS)
@@ -99,14 +105,16 @@ def _combinations(tag: str) -> list[tuple]:
             "counting": [(s, n) for s in SHAPES for n in NUMBERS],
             "colors": [(s, c) for s in SHAPES for c in COLORS],
             "position": [(a, r, b) for a, b in pairs for r in RELATIONS],
-            "color_attr": [(a, ca, b, cb) for a, b in pairs for ca, cb in itertools.permutations(COLORS, 2)]}[tag]
+            "color_attr": [(a, ca, b, cb) for a, b in pairs for ca, cb in itertools.permutations(COLORS, 2)],
+            "color_position": [(a, ca, r, b, cb) for a, b in pairs for ca, cb in itertools.permutations(COLORS, 2)
+                               for r in RELATIONS]}[tag]
 
 
 def make_prompts(per_category: int = 50, seed: int = 0) -> list[BenchmarkPrompt]:
-    """The benchmark: per_category prompts per tag, in CATEGORIES order. The combinations of a tag are
-    shuffled once and cycled, so classes, colors and relations are balanced; one random stream per tag."""
+    """The benchmark: per_category prompts per tag, in TAGS order. The combinations of a tag are shuffled
+    once and cycled, so classes, colors and relations are balanced; one random stream per tag."""
     prompts = []
-    for k, tag in enumerate(CATEGORIES):
+    for k, tag in enumerate(TAGS):
         rng = np.random.default_rng([seed, k])
         combos = _combinations(tag)
         order = rng.permutation(len(combos))
@@ -115,13 +123,15 @@ def make_prompts(per_category: int = 50, seed: int = 0) -> list[BenchmarkPrompt]
 
 
 def _make_prompt(tag: str, combo: tuple, rng: np.random.Generator) -> BenchmarkPrompt:
-    relation = combo[1] if tag == "position" else None
+    relation = combo[1] if tag == "position" else combo[2] if tag == "color_position" else None
     if tag == "counting":
         entries = [(combo[0], None, combo[1])]                     # (class, color or None, count)
     elif tag == "colors":
         entries = [(combo[0], combo[1], 1)]
     elif tag == "position":
         entries = [(combo[2], None, 1), (combo[0], None, 1)]       # GenEval lists the target first
+    elif tag == "color_position":
+        entries = [(combo[3], combo[4], 1), (combo[0], combo[1], 1)]
     elif tag == "color_attr":
         entries = [(combo[0], combo[1], 1), (combo[2], combo[3], 1)]
     else:
@@ -598,8 +608,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     correct, reasons = judge.score(images, metadatas)
     k, per_prompt = images_per_prompt, correct.reshape(len(prompts), images_per_prompt)
     tags = np.array([p.metadata["tag"] for p in prompts])
-    # Shape-agnostic diagnostic: a young or small model gets colors, counts and two-object scenes right before
-    # its shapes are recognisable; this score shows that progress. (Position needs shapes to tell A from B.)
+    # Shape-agnostic diagnostic: a young or small model gets colors, counts and layouts right before its shapes
+    # are recognisable; this score shows that progress (layout through color_position: colors tell A from B).
     loose = judge.score(images, metadatas, ignore_shape=True)[0].reshape(len(prompts), k)
     results = {
         "accuracy": bootstrap_accuracy({t: per_prompt[tags == t] for t in CATEGORIES}, seed=seed),
@@ -643,12 +653,13 @@ def write_report(out_dir: str, results: dict, images: np.ndarray) -> None:
     os.makedirs(out_dir, exist_ok=True)
     correct = np.array([p["correct"] for p in results["prompts"]], bool)
     tags = np.array([p["tag"] for p in results["prompts"]])
-    for tag in CATEGORIES:
+    for tag in TAGS:
         tiles = images[tags == tag].reshape(-1, *images.shape[2:])
         grid = marked_grid(tiles, correct[tags == tag].ravel(), cols=4 * images.shape[1])     # 4 prompts a row
         save_png(grid, os.path.join(out_dir, f"grid_{tag}.png"))
+    geneval = np.isin(tags, CATEGORIES)                         # GenEval's six categories, as its evaluator expects
     metadatas = [{k: v for k, v in p.items() if k not in ("correct", "reasons")} for p in results["prompts"]]
-    write_geneval_layout(os.path.join(out_dir, "geneval"), metadatas, images)
+    write_geneval_layout(os.path.join(out_dir, "geneval"), [m for m, g in zip(metadatas, geneval) if g], images[geneval])
     for name, text in (("results.json", json.dumps(results, indent=1)),
                        ("results.md", report_tables(results))):
         with open(os.path.join(out_dir, name + ".tmp"), "w") as f:
@@ -668,7 +679,7 @@ def validate_judge(judge: Judge, per_category: int = 50, seed: int = 0) -> dict:
     out = {}
     for name, images in (("renders", renders), ("noise", noise), ("blank", blank)):
         ok, _ = judge.score(images, metadatas)
-        out[name] = {t: float(ok[tags == t].mean()) for t in CATEGORIES}
+        out[name] = {t: float(ok[tags == t].mean()) for t in TAGS}
         out[name]["overall"] = float(np.mean(list(out[name].values())))
     shapes, colors = np.zeros((len(SHAPES), len(SHAPES) + 1), int), np.zeros((len(COLORS), len(COLORS) + 1), int)
     side = renders.shape[1]
@@ -683,8 +694,8 @@ def validate_judge(judge: Judge, per_category: int = 50, seed: int = 0) -> dict:
 
 
 def format_validation(v: dict) -> str:
-    lines = ["| images | " + " | ".join(CATEGORIES) + " | overall |", "|---" * (len(CATEGORIES) + 2) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{v[name][t]:.3f}" for t in (*CATEGORIES, "overall")) + " |"
+    lines = ["| images | " + " | ".join(TAGS) + " | overall |", "|---" * (len(TAGS) + 2) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{v[name][t]:.3f}" for t in (*TAGS, "overall")) + " |"
               for name in ("renders", "noise", "blank")]
     for title, names in (("shape_confusion", SHAPES), ("color_confusion", COLOR_NAMES)):
         lines += ["", f"{title} (rows: truth, columns: judged)"]

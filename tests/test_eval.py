@@ -35,7 +35,7 @@ def prompts():
 
 def accuracy_by_category(correct: np.ndarray, prompts) -> dict:
     tags = np.array([p.metadata["tag"] for p in prompts])
-    return {t: float(correct[tags == t].mean()) for t in E.CATEGORIES}
+    return {t: float(correct[tags == t].mean()) for t in E.TAGS}
 
 
 #################################################################################
@@ -121,6 +121,13 @@ def test_shape_agnostic_rules_count_blobs_once():
                                                                  {"class": "circle", "count": 1}]}
     assert not E.check_metadata(two[:1], two_object, ignore_shape=True)[0]     # one blob cannot be both objects
     assert E.check_metadata(two, two_object, ignore_shape=True)[0]
+    color_position = {"tag": "color_position", "prompt": "a photo of a red star to the left of a blue circle",
+                      "include": [{"class": "circle", "count": 1, "color": "blue"},
+                                  {"class": "star", "count": 1, "color": "red", "position": ["left of", 0]}]}
+    assert E.check_metadata(two, color_position, ignore_shape=True)[0]        # red blob left of the blue one
+    swapped = [blob("red", 0.7), blob("blue", 0.3)]
+    assert not E.check_metadata(swapped, color_position, ignore_shape=True)[0]
+    assert not E.check_metadata(two, color_position)[0]                       # GenEval rules need the shapes
 
 
 def test_judge_is_cached(judge, judge_cache):
@@ -140,13 +147,15 @@ def test_prompt_set_is_deterministic_and_well_formed(prompts):
     assert [p.scene for p in same] == [p.scene for p in prompts]
     assert [p.metadata for p in other] != [p.metadata for p in prompts]
     tags = [p.metadata["tag"] for p in prompts]
-    assert all(tags.count(t) == 8 for t in E.CATEGORIES)
+    assert all(tags.count(t) == 8 for t in E.TAGS) and len(tags) == 8 * len(E.TAGS)
     for p in prompts:
         m = p.metadata
         assert m["prompt"].startswith("a photo of ") and all(r["class"] in E.SHAPES for r in m["include"])
         assert len(p.scene.objects) == sum(r["count"] for r in m["include"])
     texts = {p.metadata["tag"]: p.metadata["prompt"] for p in prompts}
     assert "to the" in texts["position"] or " above " in texts["position"] or " below " in texts["position"]
+    first, second = texts["color_position"].split()[4], texts["color_position"].split()[-2]   # "a photo of a red star ..."
+    assert first in E.COLOR_NAMES and second in E.COLOR_NAMES and first != second
     assert texts["counting"].split()[3] in ("two", "three", "four")
 
 #################################################################################
@@ -234,10 +243,11 @@ def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     out = tmp_path / "shapes"
     results = E.evaluate_shapes(perfect, per_category=3, images_per_prompt=2, out_dir=str(out), judge=judge, progress=False)
     assert results["accuracy"]["overall"]["accuracy"] >= 0.95 and set(results["accuracy"]) == {*E.CATEGORIES, "overall"}
-    assert E.check_geneval_layout(str(out / "geneval")) == 18
+    assert results["attribute_accuracy"]["color_position"]["accuracy"] >= 0.95
+    assert E.check_geneval_layout(str(out / "geneval")) == 18                  # GenEval's 6 categories x 3 prompts
     assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
-    assert "| overall |" in (out / "results.md").read_text()
-    assert all((out / f"grid_{t}.png").exists() for t in E.CATEGORIES)
+    assert "| color_position |" in (out / "results.md").read_text()
+    assert all((out / f"grid_{t}.png").exists() for t in E.TAGS)
 
 
 def test_cli_names_a_missing_run_dir(capsys):
