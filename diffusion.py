@@ -13,6 +13,17 @@ middle of the path, where predicting v is hardest and most useful), and regresse
 
     L = E_{x0, eps, t} || v_theta(x_t, t, text) - (eps - x0) ||^2
 
+The network may also output the clean image instead (JiT, Li & He 2025: `DiT(prediction="x")`), turned into
+a velocity by the same line, v_theta = (x_t - x0_theta) / t (t >= 0.05). And the errors may be weighted by
+t^2 (loss "x"), which is the clean-image error of that parametrisation:
+
+    t^2 || v_theta - v ||^2 = || x0_theta - x0 ||^2        (low noise levels count less; colors and layout,
+                                                            decided at high noise, get more of the gradient)
+
+Why x-prediction: with p x p patches each token outputs p^2 C numbers. A velocity contains the noise, which
+has full rank, so a 128-wide token cannot produce the 192 numbers of an 8x8x3 patch of noise: samples keep
+a floor of noise. A clean patch is low-dimensional and passes through. (Measured in docs/experiments.md.)
+
 Sampling integrates dx/dt = v_theta(x, t, text) from t = 1 (x = eps) down to t = 0 with Euler or Heun steps.
 Classifier-free guidance extrapolates from the unconditional (empty prompt) velocity towards the conditional one,
 
@@ -77,10 +88,16 @@ def mix_mask(t: torch.Tensor, t_mix: float = 0.45, p_mix: float = 0.5,
 
 
 def flow_matching_loss(model: Callable, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-    """MSE between the predicted and the true velocity eps - x0, averaged over every element (in float32)."""
+                       text: torch.Tensor, text_mask: torch.Tensor, weighting: str = "v") -> torch.Tensor:
+    """Squared error between the predicted and the true velocity eps - x0, averaged over every element (in
+    float32); weighting "x" multiplies each sample's error by t^2 (the clean-image error, see above)."""
     v = model(add_noise(x0, noise, t), t, text, text_mask)
-    return F.mse_loss(v.float(), (noise - x0).float())
+    error = (v.float() - (noise - x0).float()) ** 2
+    if weighting == "x":
+        error = error * _per_sample(t, error) ** 2
+    elif weighting != "v":
+        raise ValueError(f"weighting must be 'v' or 'x', got {weighting!r}")
+    return error.mean()
 
 
 #################################################################################

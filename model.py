@@ -26,6 +26,10 @@ no image position, so cross-attention never uses RoPE.
 Text: WordTokenizer + LearnedTextEncoder (a small transformer trained jointly, the offline default) or
 HFTextEncoder (a frozen Hugging Face encoder; the paper uses the Flan-T5-XL encoder, width 2048).
 
+Output: the velocity v = eps - x0 (diffusion.py's convention). With prediction="x" the final layer predicts
+the clean image x0 instead and forward returns v = (x_t - x0) / t (t >= 0.05): a wide patch (8x8x3 = 192
+numbers from a 128-wide token) can carry a clean patch, not a patch of noise (JiT, Li & He 2025).
+
 Shapes: x (B,C,H,W), t (B,) in [0,1], text (B,L,text_dim), text_mask (B,L) bool -> velocity (B,C,H,W).
 """
 import itertools
@@ -328,10 +332,13 @@ class DiT(nn.Module):
 
     def __init__(self, in_channels: int = 3, input_size: int = 32, patch_size: int = 2, hidden_size: int = 384,
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, text_dim: int = 128,
-                 pos_embed: str = "sincos", qk_norm: bool = True):
+                 pos_embed: str = "sincos", qk_norm: bool = True, prediction: str = "v"):
         super().__init__()
         if input_size % patch_size or hidden_size % num_heads or (hidden_size // num_heads) % 4:
             raise ValueError("need input_size % patch_size == 0 and a head size (hidden/heads) divisible by 4")
+        if prediction not in ("v", "x"):
+            raise ValueError(f"prediction must be 'v' (velocity) or 'x' (clean image), got {prediction!r}")
+        self.prediction = prediction
         self.in_channels, self.input_size, self.patch_size = in_channels, input_size, patch_size
         self.hidden_size, self.depth, self.mlp_ratio, self.text_dim = hidden_size, depth, mlp_ratio, text_dim
         grid = input_size // patch_size
@@ -381,7 +388,7 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = self.x_embedder.weight.dtype  # residual stream in the weight dtype: float32 under autocast
+        x_t, dtype = x, self.x_embedder.weight.dtype  # residual stream in the weight dtype: float32 under autocast
         x = self.x_embedder(x.to(dtype)).flatten(2).transpose(1, 2).to(dtype)  # (B,N,D)
         if self.pos_embed_type == "sincos":
             x = x + self.pos_embed
@@ -399,7 +406,10 @@ class DiT(nn.Module):
         attn_mask = text_mask[:, None, None, :]                                 # (B,1,1,L)
         for block in self.blocks:
             x = block(x, c, text, attn_mask, rope)                              # (B,N,D)
-        return self.unpatchify(self.final_layer(x, c))                         # (B,C,H,W)
+        out = self.unpatchify(self.final_layer(x, c))                          # (B,C,H,W)
+        if self.prediction == "x":                                             # out is x0: v = (x_t - x0) / t
+            return (x_t - out) / t.clamp_min(0.05).view(-1, 1, 1, 1)
+        return out
 
     def flops_per_forward(self, text_len: int) -> int:
         """Matmul FLOPs of one forward pass for ONE image (multiply-add = 2 FLOPs; norms, softmax and

@@ -56,6 +56,14 @@ def test_flow_matching_loss_value():
     torch.testing.assert_close(flow_matching_loss(zero, x0, t, eps, None, None), ((eps - x0) ** 2).mean())
     oracle = lambda x, t_, text, mask: eps - x0
     assert flow_matching_loss(oracle, x0, t, eps, None, None) == 0
+    # Weighting "x": each sample's velocity error times t^2, which for v = (x_t - x0_hat) / t is the x0 error.
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)
+    from_x0 = lambda x, t_, text, mask: (x - x0_hat) / t_.view(-1, 1, 1, 1)
+    torch.testing.assert_close(flow_matching_loss(from_x0, x0, t, eps, None, None, "x"), ((x0_hat - x0) ** 2).mean())
+    torch.testing.assert_close(flow_matching_loss(zero, x0, t, eps, None, None, "x"),
+                               ((eps - x0) ** 2 * t.view(-1, 1, 1, 1) ** 2).mean())
+    with pytest.raises(ValueError, match="weighting"):
+        flow_matching_loss(zero, x0, t, eps, None, None, "eps")
 
 
 def test_loss_falls_when_overfitting_a_few_samples():

@@ -141,6 +141,19 @@ def test_dit_shapes_and_zero_output_at_init(channels, patch, pos_embed):
     assert out.shape == x.shape and out.abs().mean() > 1e-3
 
 
+def test_dit_x_prediction_returns_the_velocity_of_its_clean_image():
+    torch.manual_seed(0)
+    x, t, text = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 0.01]), torch.randn(2, 5, 16)
+    v_model, x_model = perturbed(tiny_dit()), tiny_dit(prediction="x")
+    x_model.load_state_dict(v_model.state_dict())
+    x0_hat = v_model(x, t, text)                            # same weights: this is what x_model's last layer outputs
+    expected = (x - x0_hat) / torch.tensor([0.3, 0.05]).view(2, 1, 1, 1)        # v = (x_t - x0) / t, t >= 0.05
+    torch.testing.assert_close(x_model(x, t, text), expected)
+    assert torch.equal(tiny_dit(prediction="x")(x, t, text), x / torch.tensor([0.3, 0.05]).view(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="prediction"):
+        tiny_dit(prediction="eps")
+
+
 @pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
 def test_dit_masked_text_tokens_do_not_matter(pos_embed):
     torch.manual_seed(0)
