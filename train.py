@@ -15,7 +15,7 @@ One optimisation step, per rank (global batch = batch_size = world_size * grad_a
     mix    = (t > t_mix) & (u < p_mix)                        the paper's IA rule (diffusion.mix_mask)
     x0, caption <- mixed versions where mix                   CutMix only at high noise
     caption <- "" with probability cond_dropout               the empty prompt doubles as the CFG null
-    loss   = || v_theta((1-t) x0 + t eps, t, caption) - (eps - x0) ||^2
+    loss   = w(t) || v_theta((1-t) x0 + t eps, t, caption) - (eps - x0) ||^2      w = 1, or t^2 with loss "x"
 
 Everything random in a step is drawn from generators seeded by (seed, rank, step), and the data order from
 (seed, epoch): a run resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
@@ -78,10 +78,12 @@ class Config:
     cond_dropout: float = 0.1           # caption -> "" (the guidance null) with this probability
     t_schedule: str = "logit_normal"    # training times: logit-normal, t = sigmoid(t_mean + z), or uniform
     t_mean: float = 0.0                 # logit-normal location: > 0 trains more at high noise (colors, layout)
+    loss: str = "v"                     # "v": velocity MSE; "x": weighted by t^2 (= clean-image MSE), less at low noise
     # model
     model: str = "tiny"                 # a key of model.DIT_SIZES
-    patch_size: int = 4                 # 32x32 pixels -> 64 tokens (a CPU budget); 2 on GPUs
+    patch_size: int = 4                 # 32x32 pixels -> 64 tokens; 8 -> 16 (wants prediction "x"); 2 on GPUs
     pos_embed: str = "sincos"           # 2D positions: fixed sin-cos table, or RoPE in self-attention
+    prediction: str = "v"               # network output: "v" (velocity) or "x" (clean image: for wide patches)
     text_encoder: str = "learned"       # "learned" (trained jointly, offline) or a Hugging Face path/id
     text_width: int = 128               # learned text encoder: width ...
     text_depth: int = 2                 # ... and layers
@@ -115,10 +117,12 @@ class Config:
 
 
 PRESETS: dict[str, dict] = {
-    # More mixed samples (in a few hundred steps IA must teach layouts fast), more training at high noise (where
-    # colors and layout are decided; docs/experiments.md: colors 1.00, 0.97, 0.47 over 3 seeds at step 471,
-    # against 0.38, 0.12 with t_mean 0), and as many steps as fit in 9.5 minutes: CPUs differ several-fold.
-    "cpu": dict(p_mix=0.7, t_mean=0.5, time_budget=9.5),
+    # Patch 8: 16 tokens, about twice the images/s of patch 4. A 128-wide token can output an 8x8x3 clean patch
+    # but not the 192 numbers of noise in a velocity, hence x-prediction; the x loss and t_mean 0.5 leave most
+    # of the gradient to high noise, where colors and layout are decided. More mixed samples: in a few hundred
+    # steps IA must teach two-object scenes. As many steps as fit in 9.5 minutes: CPUs differ several-fold.
+    # The measurements are in docs/experiments.md.
+    "cpu": dict(patch_size=8, prediction="x", loss="x", p_mix=0.7, t_mean=0.5, time_budget=9.5),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
@@ -131,7 +135,8 @@ RESUMABLE_FIELDS = {"name", "out_dir", "steps", "time_budget", "device", "compil
 
 CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
            "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
-           "pos_embed": ("sincos", "rope"), "dtype": ("auto", "bfloat16", "float32")}
+           "pos_embed": ("sincos", "rope"), "prediction": ("v", "x"), "loss": ("v", "x"),
+           "dtype": ("auto", "bfloat16", "float32")}
 
 # Fixed prompts for the sample grids: single objects, attributes, and two-object layouts.
 SAMPLE_PROMPTS = [
@@ -208,7 +213,8 @@ def build_model(cfg: Config, vocab_size: int | None, text_dim: int | None = None
     text_encoder = LearnedTextEncoder(vocab_size, cfg.text_width, cfg.text_depth, max_length=cfg.max_text_length) \
         if learned else None
     dit = DiT(in_channels=3, input_size=cfg.image_size, patch_size=cfg.patch_size,
-              text_dim=cfg.text_width if learned else text_dim, pos_embed=cfg.pos_embed, **DIT_SIZES[cfg.model])
+              text_dim=cfg.text_width if learned else text_dim, pos_embed=cfg.pos_embed, prediction=cfg.prediction,
+              **DIT_SIZES[cfg.model])
     return TextToImage(dit, text_encoder)
 
 
@@ -392,7 +398,7 @@ class HeldOutLoss:
     def __init__(self, train_set: MixedDataset, cfg: Config, n: int = 512):
         seen = train_set.base
         unseen = SyntheticImageNet(n, cfg.image_size, seed=cfg.seed + 7919)          # new scenes, never trained on
-        self.sets = {}
+        self.sets, self.weighting = {}, cfg.loss
         for name, ds in (("heldout", unseen), ("train", seen)):
             idx = range(min(n, len(ds)))
             captions = getattr(ds, f"{cfg.captions}_captions")
@@ -409,7 +415,8 @@ class HeldOutLoss:
             for i in range(0, len(captions), batch):
                 text, mask = condition(captions[i:i + batch])
                 x0, t, eps = (v[i:i + batch].to(device) for v in (images, self.t, self.noise))
-                total += flow_matching_loss(model, x0, t[:len(x0)], eps[:len(x0)], text, mask).item() * len(x0)
+                total += flow_matching_loss(model, x0, t[:len(x0)], eps[:len(x0)], text, mask,
+                                            self.weighting).item() * len(x0)
             out[f"{name}_loss"] = total / len(captions)
         return out
 
@@ -531,7 +538,7 @@ def main(argv: list[str] | None = None) -> Path:
             last = world == 1 or micro_step == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else train_model.no_sync():
                 with autocast:
-                    loss = flow_matching_loss(train_model, x0, t, noise, text, mask)
+                    loss = flow_matching_loss(train_model, x0, t, noise, text, mask, cfg.loss)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
             loss_count += 1
