@@ -618,8 +618,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
                      "guidance": guidance, "steps": steps, "image_size": int(images.shape[1]),
                      "checkpoint": str(getattr(generate, "checkpoint", ""))},
         "seconds": {"generate": round(generate_seconds, 2), "judge": round(time.time() - start, 2)},
-        "prompts": [{**p.metadata, "correct": per_prompt[i].tolist(), "reasons": reasons[i * k:(i + 1) * k]}
-                    for i, p in enumerate(prompts)],
+        "prompts": [{**p.metadata, "correct": per_prompt[i].tolist(), "correct_any_shape": loose[i].tolist(),
+                     "reasons": reasons[i * k:(i + 1) * k]} for i, p in enumerate(prompts)],
     }
     if out_dir is not None:
         write_report(out_dir, results, images.reshape(len(prompts), images_per_prompt, *images.shape[1:]))
@@ -651,14 +651,16 @@ def marked_grid(images: np.ndarray, correct: np.ndarray, cols: int) -> np.ndarra
 def write_report(out_dir: str, results: dict, images: np.ndarray) -> None:
     """results.json, results.md, grid_<category>.png (4 prompts a row) and geneval/ (GenEval's layout)."""
     os.makedirs(out_dir, exist_ok=True)
-    correct = np.array([p["correct"] for p in results["prompts"]], bool)
     tags = np.array([p["tag"] for p in results["prompts"]])
+    geneval = np.isin(tags, CATEGORIES)                         # GenEval's six categories, as its evaluator expects
+    # Frames: GenEval's rules for its categories, the shape-agnostic verdict for color_position.
+    correct = np.array([p["correct" if g else "correct_any_shape"] for p, g in zip(results["prompts"], geneval)], bool)
     for tag in TAGS:
         tiles = images[tags == tag].reshape(-1, *images.shape[2:])
         grid = marked_grid(tiles, correct[tags == tag].ravel(), cols=4 * images.shape[1])     # 4 prompts a row
         save_png(grid, os.path.join(out_dir, f"grid_{tag}.png"))
-    geneval = np.isin(tags, CATEGORIES)                         # GenEval's six categories, as its evaluator expects
-    metadatas = [{k: v for k, v in p.items() if k not in ("correct", "reasons")} for p in results["prompts"]]
+    metadatas = [{k: v for k, v in p.items() if k not in ("correct", "correct_any_shape", "reasons")}
+                 for p in results["prompts"]]
     write_geneval_layout(os.path.join(out_dir, "geneval"), [m for m, g in zip(metadatas, geneval) if g], images[geneval])
     for name, text in (("results.json", json.dumps(results, indent=1)),
                        ("results.md", report_tables(results))):

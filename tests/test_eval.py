@@ -244,6 +244,7 @@ def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     results = E.evaluate_shapes(perfect, per_category=3, images_per_prompt=2, out_dir=str(out), judge=judge, progress=False)
     assert results["accuracy"]["overall"]["accuracy"] >= 0.95 and set(results["accuracy"]) == {*E.CATEGORIES, "overall"}
     assert results["attribute_accuracy"]["color_position"]["accuracy"] >= 0.95
+    assert all(all(p["correct_any_shape"]) for p in results["prompts"] if p["tag"] == "color_position")
     assert E.check_geneval_layout(str(out / "geneval")) == 18                  # GenEval's 6 categories x 3 prompts
     assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
     assert "| color_position |" in (out / "results.md").read_text()
