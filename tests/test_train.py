@@ -48,6 +48,7 @@ def test_train_writes_run_and_sample_writes_pngs(tmp_path):
 def test_generate_is_deterministic_and_batch_independent(tmp_path):
     run_dir = run(tmp_path, "--name", "g", "--steps", "2")
     pipe = sample.load_pipeline(str(run_dir))
+    assert pipe.model.dit.prediction == "x" and pipe.model.dit.patch_size == 8      # the run's network, rebuilt
     prompts = ["a red star", "a blue circle", "a yellow square"]
     a = sample.generate(pipe, prompts, seed=3, steps=3, batch_size=3, progress=False)
     b = sample.generate(pipe, prompts, seed=3, steps=3, batch_size=1, progress=False)
