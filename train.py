@@ -196,8 +196,8 @@ def build_dataset(cfg: Config) -> MixedDataset:
 
 def build_tokenizer(dataset: MixedDataset, cfg: Config) -> WordTokenizer:
     """Word vocabulary of the training captions, including those of mixed and cropped samples."""
-    # Mixed captions add placement words ("corner", "half", ...): probe a few hundred items for them
-    # (fewer for real images, where every probe reads two files).
+    # Mixed captions add placement words ("corner", "half", ...): probe 2000 items for them
+    # (200 for real images, where every probe reads two files).
     rng = np.random.default_rng(cfg.seed)
     probe = rng.choice(len(dataset), size=min(len(dataset), 2000 if cfg.data == "synthetic" else 200), replace=False)
     captions = list(dataset.base.long_captions) + list(dataset.base.class_captions) + SAMPLE_PROMPTS
