@@ -4,7 +4,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import caption_probe  # noqa: E402
+import sample  # noqa: E402
 import throughput  # noqa: E402
+import train  # noqa: E402
+from data import COLORS, SHAPES, random_scene, render, to_tensor  # noqa: E402
 from model import DIT_SIZES, DiT  # noqa: E402
 
 
@@ -15,3 +23,35 @@ def test_throughput_reports_images_per_second_and_flops():
     assert r["images_per_s"] > 0 and r["train_GFLOP_per_image"] == round(flops / 1e9, 3)
     assert abs(r["achieved_TFLOPs"] - r["images_per_s"] * flops / 1e12) < 1e-3
     assert 0 < r["mfu"] < 1 and abs(r["mfu"] - r["images_per_s"] * flops / 1e12) < 1e-3 and r["params_M"] > 2
+
+
+def test_caption_probe_changes_one_attribute_per_caption():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = random_scene(rng)
+        obj, v = scene.objects[0], caption_probe.caption_variants(scene, rng)
+        assert obj.shape in v["true"] and obj.shape not in v["other shape"]
+        assert any(s in v["other shape"] for s in SHAPES if s != obj.shape)
+        if obj.color in v["true"]:                          # short captions leave the color out one time in three
+            assert obj.color not in v["other color"] and any(c in v["other color"] for c in COLORS if c != obj.color)
+        assert v["empty"] == "" and obj.shape in v["other color"]
+        assert caption_probe.caption_variants(scene, rng, "class")["true"].endswith(obj.shape)
+
+
+def test_caption_probe_on_a_trained_run(tmp_path):
+    run_dir = train.main(["--model", "tiny", "--patch_size", "8", "--num_images", "64", "--batch_size", "16",
+                          "--steps", "3", "--warmup", "1", "--sample_every", "1000", "--out_dir", str(tmp_path)])
+    grid = tmp_path / "denoising.png"
+    errors = caption_probe.main(["--ckpt", str(run_dir), "--num-images", "24", "--times", "0.5", "0.9",
+                                 "--grid", str(grid)])
+    assert list(errors) == [0.5, 0.9] and all(e[k] > 0 for e in errors.values() for k in caption_probe.CAPTIONS)
+    assert Image.open(grid).size == (8 * 32 * 3, 5 * 32 * 3)                  # clean row + (x_t, x0) per time
+
+    # Re-initialised, the x-predicting network outputs x0_theta = 0 (its head is zero): the error is the mean
+    # of x0^2 over the probe's scenes whatever the caption, so every rise is zero.
+    pipe = sample.load_pipeline(str(run_dir))
+    pipe.model.dit.initialize_weights()
+    errors = caption_probe.probe(pipe, num_images=16, times=(0.5,), batch_size=5)
+    rng = np.random.default_rng([0, 104729])
+    x0 = torch.stack([to_tensor(render(random_scene(rng))) for _ in range(16)])
+    assert all(abs(e - float((x0 ** 2).mean())) < 1e-6 for e in errors[0.5].values())
