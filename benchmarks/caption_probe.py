@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data import (COLORS, SHAPES, Obj, Scene, class_caption, image_grid, long_caption, random_scene, render,  # noqa: E402
                   save_png, to_tensor, to_uint8)
-from diffusion import flow_matching_loss  # noqa: E402
+from diffusion import add_noise, flow_matching_loss  # noqa: E402
 from sample import load_pipeline  # noqa: E402
 
 CAPTIONS = ("true", "other shape", "other color", "empty")
@@ -84,7 +84,7 @@ def denoising_grid(pipe, times: tuple[float, ...], seed: int = 0, n: int = 8) ->
     rows = [x0]
     for t in times:
         tt = torch.full((n,), t, device=pipe.device)
-        x_t = (1 - t) * x0 + t * noise
+        x_t = add_noise(x0, noise, tt)
         rows += [x_t, x_t - t * pipe.model(x_t, tt, text, mask).float()]
     return image_grid(to_uint8(torch.cat(rows)), cols=n, scale=3)
 
