@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import (COLORS, SHAPES, Obj, Scene, class_caption, image_grid, long_caption, random_scene, render,  # noqa: E402
-                  save_png, to_tensor, to_uint8)
+from data import (COLORS, SHAPES, Obj, Scene, class_caption, image_grid, long_caption,  # noqa: E402
+                  random_scene, render, save_png, to_tensor, to_uint8)
 from diffusion import add_noise, flow_matching_loss  # noqa: E402
 from sample import load_pipeline  # noqa: E402
 
