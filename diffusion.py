@@ -108,7 +108,7 @@ def time_shift(t: torch.Tensor | float, a: float) -> torch.Tensor | float:
     return a * t / (1 + (a - 1) * t)
 
 
-def _pad_tokens(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad (B,L,...) text and (B,L) mask to `length` with zeros / False (masked out, so the model ignores them)."""
     pad = length - text.shape[1]
     if pad == 0:
@@ -121,25 +121,26 @@ def _pad_tokens(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[to
 def sample(model: Callable, noise: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
            null_text: torch.Tensor, null_mask: torch.Tensor, steps: int = 50, method: str = "euler",
            guidance: float = 4.0, guidance_interval: tuple[float, float] = (0.0, 1.0), shift: float = 1.0,
-           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+           dtype: torch.dtype | None = None) -> torch.Tensor:
     """Integrate dx/dt = v from t = 1 (x = noise) to t = 0; returns x0 (B,C,H,W) in float32.
 
     model(x, t, text, mask) -> v; a module or any callable. null_text/null_mask: the empty prompt, batch 1 or B.
     Guidance w applies where guidance_interval[0] <= t <= guidance_interval[1]; elsewhere (and for w = 1) only
     the conditional branch runs. Heun costs 2 evaluations per step; its last step (to t = 0) is plain Euler.
-    The ODE state stays in `dtype` (float64: hundreds of small updates add no rounding drift; float32 for MPS);
-    the model sees its input in its own dtype."""
+    The ODE state stays in `dtype` (default float64: hundreds of small updates add no rounding drift; float32
+    on MPS, which has no float64); the model sees its input in its own dtype."""
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     params = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     model_dtype = params.dtype if params is not None else noise.dtype
     B, device = noise.shape[0], noise.device
+    dtype = dtype or (torch.float32 if device.type == "mps" else torch.float64)
 
     # Cond and uncond in one batch of 2B: pad both texts to a common length (padding is masked out).
     length = max(text.shape[1], null_text.shape[1])
-    text, text_mask = _pad_tokens(text, text_mask, length)
+    text, text_mask = pad_tokens(text, text_mask, length)
     null_text = null_text.expand(B, *null_text.shape[1:])
-    null_text, null_mask = _pad_tokens(null_text, null_mask.expand(B, -1), length)
+    null_text, null_mask = pad_tokens(null_text, null_mask.expand(B, -1), length)
     text_both, mask_both = torch.cat([text, null_text]), torch.cat([text_mask, null_mask])
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:

@@ -14,10 +14,11 @@ padding mask (B,L) (True = real token); it is projected once to width D. Every D
 with modulate(h, shift, scale) = h * (1 + scale) + shift. The six (shift, scale, gate) vectors come from
 one conditioning vector per image (adaLN-Zero):
 
-    c = TimestepMLP(sinusoid(1000 t)) + TextMLP(masked mean of the projected text)     (B,D)
+    c = SiLU(TimestepMLP(sinusoid(1000 t)) + TextMLP(masked mean of the projected text))     (B,D)
 
 The adaLN Linears, the cross-attention output projections and the final layer start at zero, so every
-block is the identity and the network outputs exactly 0 at init (a "do nothing" start that trains stably).
+block is the identity and the final layer outputs exactly 0 at init (a "do nothing" start that trains stably:
+v = 0, or with prediction="x" the clean-image guess x0 = 0).
 
 Positions: "sincos" adds a fixed 2D sin-cos table to the tokens (DiT); "rope" rotates q and k of the
 self-attention by the patch's row (half of each head's dims) and column (other half). Text tokens carry
@@ -27,8 +28,10 @@ Text: WordTokenizer + LearnedTextEncoder (a small transformer trained jointly, t
 HFTextEncoder (a frozen Hugging Face encoder; the paper uses the Flan-T5-XL encoder, width 2048).
 
 Output: the velocity v = eps - x0 (diffusion.py's convention). With prediction="x" the final layer predicts
-the clean image x0 instead and forward returns v = (x_t - x0) / t (t >= 0.05): a wide patch (8x8x3 = 192
-numbers from a 128-wide token) can carry a clean patch, not a patch of noise (JiT, Li & He 2025).
+the clean image x0 instead and forward returns v = (x_t - x0) / max(t, 0.05): a wide patch (8x8x3 = 192
+numbers from a 128-wide token) can carry a clean patch, not a patch of noise (JiT, Li & He 2025). As in JiT,
+the clamp holds in training (no 1/t blow-up near t = 0) and in sampling alike, so below t = 0.05 the sampler
+moves only part of the way to the network's x0.
 
 Shapes: x (B,C,H,W), t (B,) in [0,1], text (B,L,text_dim), text_mask (B,L) bool -> velocity (B,C,H,W).
 """
@@ -201,6 +204,12 @@ class LearnedTextEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
+    def flops_per_forward(self, text_len: int) -> int:
+        """Matmul FLOPs for ONE caption of `text_len` tokens (as DiT.flops_per_forward counts them)."""
+        L, w = text_len, self.dim
+        per_layer = 3 * L * w * w + 2 * L * L * w + L * w * w + 2 * L * w * 4 * w    # qkv, QK^T and AV, proj, MLP
+        return 2 * len(self.blocks) * per_layer
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
         attn_mask = None if mask is None else mask[:, None, None, :]           # (B,1,1,L): keys only
@@ -372,7 +381,7 @@ class DiT(nn.Module):
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         # Zero-init every path into the residual stream and the output: each block is the identity and the
-        # model predicts v = 0 at init (adaLN-Zero; the cross-attention has no gate, so its proj is zeroed).
+        # final layer outputs 0 at init (adaLN-Zero; the cross-attention has no gate, so its proj is zeroed).
         zero = [self.final_layer.adaLN_modulation, self.final_layer.linear]
         for block in self.blocks:
             zero += [block.adaLN_modulation, block.cross_attn.proj]
@@ -396,7 +405,8 @@ class DiT(nn.Module):
 
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        # A row with no real token would make the softmax 0/0 = NaN; let such a row attend to all its tokens.
+        # A caption with no real token (our tokenizers always emit BOS or </s>, so only a caller's mask) would
+        # make the softmax 0/0, NaN on some PyTorch versions: let such a row attend to all of its tokens.
         text_mask = text_mask | ~text_mask.any(dim=1, keepdim=True)
         text = self.text_proj(text.to(dtype))                                   # (B,L,D)
         m = text_mask.unsqueeze(-1).float()
@@ -452,12 +462,20 @@ class TextToImage(nn.Module):
         self.dit = dit
         self.text_encoder = text_encoder
 
+    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B,L) -> (B,L,D) with the attached encoder; embeddings from a frozen one pass through.
+        Samplers call this once per batch, then integrate with `self.dit`: the caption does not change with t."""
+        return self.text_encoder(text, text_mask) if self.text_encoder is not None else text
+
+    def flops_per_forward(self, text_len: int) -> int:
+        """DiT plus the jointly trained encoder, per image (a frozen encoder runs outside the training step)."""
+        text = self.text_encoder.flops_per_forward(text_len) if self.text_encoder is not None else 0
+        return self.dit.flops_per_forward(text_len) + text
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """text: token ids (B,L) long when a text encoder is attached, else embeddings (B,L,D)."""
-        if self.text_encoder is not None:
-            text = self.text_encoder(text, text_mask)
-        return self.dit(x, t, text, text_mask)
+        return self.dit(x, t, self.encode_text(text, text_mask), text_mask)
 
 
 def count_parameters(module: nn.Module) -> int:

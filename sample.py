@@ -74,12 +74,15 @@ def generate(pipe: Pipeline, prompts: list[str], seed: int = 0, guidance: float 
     guidance = cfg.guidance if guidance is None else guidance
     steps = cfg.sample_steps if steps is None else steps
     noise = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed))
+    model = pipe.model
     null_text, null_mask = pipe.condition([""])
+    null_text = model.encode_text(null_text, null_mask)
     out = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="sampling", disable=not progress, leave=False):
         text, mask = pipe.condition(prompts[i:i + batch_size])
-        x = sample(pipe.model, noise[i:i + batch_size].to(pipe.device), text, mask, null_text, null_mask,
-                   steps=steps, method=method, guidance=guidance, shift=shift)
+        # Captions are encoded once per batch; the ODE then calls the DiT alone, steps (x2 for guidance) times.
+        x = sample(model.dit, noise[i:i + batch_size].to(pipe.device), model.encode_text(text, mask), mask,
+                   null_text, null_mask, steps=steps, method=method, guidance=guidance, shift=shift)
         out.append(to_uint8(x.clamp(-1, 1).cpu()))
     return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
