@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from augment import CUTMIX_SETTINGS, MixedDataset
 from data import ImageFolderCaptions, SyntheticImageNet, image_grid, save_png, to_uint8
-from diffusion import flow_matching_loss, mix_mask, sample, sample_t
+from diffusion import flow_matching_loss, mix_mask, pad_tokens, sample, sample_t
 from model import DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, count_parameters
 
 
@@ -100,7 +100,7 @@ class Config:
     weight_decay: float = 0.01          # not on norms, biases, embeddings
     beta2: float = 0.99                 # AdamW's second-moment decay
     grad_clip: float = 2.0              # max global gradient norm
-    ema_decay: float = 0.999            # EMA of the weights (used for samples and evaluation)
+    ema_decay: float = 0.999            # EMA cap; the decay warms up as (1+step)/(10+step): 0.99 at 900 steps
     # systems
     device: str = "auto"                # "auto", "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                 # autocast: "auto" (bf16 on CUDA, float32 on CPU), "bfloat16", "float32"
@@ -126,12 +126,16 @@ PRESETS: dict[str, dict] = {
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
-                ema_decay=0.9995, num_workers=12, sample_every=1000, ckpt_every=2000, log_every=50),
+                num_workers=12, sample_every=1000, ckpt_every=2000, log_every=50),
 }
 
-# Fields that may change when resuming: they do not change what is being trained.
+# Fields that may change when resuming: they leave the model, data and noise alone (a new `steps` does reshape
+# the cosine schedule from the resumed step on; config.json is rewritten with it).
 RESUMABLE_FIELDS = {"name", "out_dir", "steps", "time_budget", "device", "compile", "num_workers", "log_every",
                     "sample_every", "ckpt_every", "keep_ckpts", "eval_every", "sample_steps", "guidance"}
+
+POSITIVE_FIELDS = ("num_images", "image_size", "steps", "batch_size", "grad_accum", "max_text_length", "log_every",
+                   "sample_every", "ckpt_every", "keep_ckpts", "sample_steps")
 
 CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
            "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
@@ -176,8 +180,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
         cfg.time_budget = 0.0                                   # an explicit step count wins over the preset's budget
     if cfg.time_budget > 0 and cfg.warmup < 8 and not args.resume:           # a resumed run keeps its steps
         parser.error(f"--time_budget measures the speed during the warmup: it needs --warmup >= 8, got {cfg.warmup}")
+    for name in POSITIVE_FIELDS:
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.batch_size % cfg.grad_accum:
         parser.error(f"--batch_size {cfg.batch_size} must be divisible by --grad_accum {cfg.grad_accum}")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            parser.error(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
     return cfg, args.resume, given
 
 
@@ -221,10 +233,14 @@ def build_model(cfg: Config, vocab_size: int | None, text_dim: int | None = None
 class TextConditioner:
     """Captions -> what the model's `text` argument takes: token ids (learned encoder) or frozen embeddings."""
 
-    def __init__(self, cfg: Config, tokenizer: WordTokenizer | None, device: torch.device):
+    def __init__(self, cfg: Config, tokenizer: WordTokenizer | None, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         self.tokenizer, self.device = tokenizer, device
+        # A frozen encoder runs in the autocast dtype (bf16 on GPUs): it is the largest network of the step.
         self.frozen = None if cfg.text_encoder == "learned" else \
-            HFTextEncoder(cfg.text_encoder, max_length=cfg.max_text_length).to(device)
+            HFTextEncoder(cfg.text_encoder, max_length=cfg.max_text_length, dtype=dtype).to(device)
+        # Compiled graphs are specialised to shapes: a fixed text length avoids one recompile per new length.
+        self.pad_to = cfg.max_text_length if cfg.compile else None
 
     @property
     def frozen_dim(self) -> int | None:
@@ -232,9 +248,11 @@ class TextConditioner:
 
     def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.frozen is not None:
-            return self.frozen(captions)
-        ids, mask = self.tokenizer(captions)
-        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+            text, mask = self.frozen(captions)
+        else:
+            ids, mask = self.tokenizer(captions)
+            text, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        return pad_tokens(text, mask, self.pad_to) if self.pad_to else (text, mask)
 
 
 #################################################################################
@@ -267,20 +285,24 @@ def step_generator(seed: int, rank: int, step: int, micro_step: int, device="cpu
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
 
 
-def training_batch(batch: dict, cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def training_batch(batch: dict, cfg: Config, gen: torch.Generator,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The paper's IA rule and condition dropout on one (micro-)batch from MixedDataset.
 
     t ~ logit-normal(t_mean, 1); a sample becomes its CutMix version (image AND caption) where t > t_mix and
     u < p_mix; then its caption becomes "" (the CFG null) with probability cond_dropout. The draws happen on the
-    host, from `gen`, so picking caption strings needs no device sync. Returns x0 (b,C,H,W), t (b,), captions."""
+    host, from `gen`, so picking caption strings needs no device sync. Returns x0 (b,C,H,W) and t (b,) on
+    `device`, and the captions. Both image versions travel (from pinned memory, asynchronously); the choice is
+    made on the device."""
     b = len(batch["caption"])
     t = sample_t(b, cfg.t_schedule, m=cfg.t_mean, generator=gen)
     use_mix = mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen) if cfg.cutmix != "none" else torch.zeros(b, dtype=bool)
     drop = (torch.rand(b, generator=gen) < cfg.cond_dropout).tolist()
     captions = ["" if d else (mixed if m else plain) for plain, mixed, m, d in
                 zip(batch["caption"], batch["mixed_caption"], use_mix.tolist(), drop)]
-    x0 = torch.where(use_mix[:, None, None, None], batch["mixed_image"], batch["image"])
-    return x0, t, captions
+    image, mixed = (batch[k].to(device, non_blocking=True) for k in ("image", "mixed_image"))
+    x0 = torch.where(use_mix.to(device, non_blocking=True)[:, None, None, None], mixed, image)
+    return x0, t.to(device, non_blocking=True), captions
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
@@ -352,14 +374,17 @@ def save_checkpoint(run_dir: Path, step: int, model, ema, optimizer, keep: int) 
     """checkpoints/step_XXXXXXX/: written into a temporary folder, then renamed (never half-written)."""
     final = run_dir / "checkpoints" / f"step_{step:07d}"
     final.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in final.parent.glob(".tmp_*"):                      # from a run killed while saving
+        shutil.rmtree(leftover)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp_"))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():                                                # the same step again: swap, then delete
+        os.replace(final, tmp.with_name(tmp.name + "_old"))
     os.replace(tmp, final)
+    shutil.rmtree(tmp.with_name(tmp.name + "_old"), ignore_errors=True)
     for old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
     return final
@@ -377,6 +402,23 @@ def check_resumable(saved: dict, cfg: Config, given: set[str]) -> Config:
     return merged
 
 
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf                                                # a line cut short by the crash
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the log records written after `step` (the checkpoint a run resumes from): they will be written again."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= step]
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.writelines(kept)
+        os.replace(f.name, path)
+
+
 #################################################################################
 #                           Samples and held-out loss                           #
 #################################################################################
@@ -388,7 +430,8 @@ def sample_grid(model, condition: TextConditioner, cfg: Config, device, path: Pa
     noise = torch.randn(len(prompts), 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
     text, mask = condition(prompts)
     null_text, null_mask = condition([""])
-    images = sample(model, noise.to(device), text, mask, null_text, null_mask, steps=cfg.sample_steps,
+    images = sample(model.dit, noise.to(device), model.encode_text(text, mask), mask,
+                    model.encode_text(null_text, null_mask), null_mask, steps=cfg.sample_steps,
                     guidance=cfg.guidance, method="euler")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(image_grid(to_uint8(images.clamp(-1, 1)), cols=4, scale=2), path)
@@ -459,11 +502,16 @@ def main(argv: list[str] | None = None) -> Path:
         if not (run_dir / "config.json").is_file():
             raise SystemExit(f"--resume: no run at {run_dir} (expected {run_dir / 'config.json'})")
         cfg = check_resumable(json.loads((run_dir / "config.json").read_text()), cfg, given)
+    elif (run_dir / "config.json").exists() or checkpoints(run_dir):
+        # A new run in an old folder would mix two logs and let the old checkpoints outlive the new ones.
+        raise SystemExit(f"{run_dir} already holds a run: continue it with --resume, start another with "
+                         f"--name NEW, or delete {run_dir}")
     rank, world, device = setup_distributed(cfg)
     master = rank == 0
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise SystemExit(f"--batch_size {cfg.batch_size} must be divisible by world_size x grad_accum = "
+                         f"{world} x {cfg.grad_accum}")
     micro = cfg.batch_size // (world * cfg.grad_accum)
-    if micro == 0:
-        raise SystemExit(f"--batch_size {cfg.batch_size} < world_size x grad_accum = {world * cfg.grad_accum}")
     amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
                  "float32": None}[cfg.dtype]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -475,7 +523,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.text_encoder == "learned":
         vocab_path = run_dir / "vocab.json"
         tokenizer = WordTokenizer.load(vocab_path) if resume else build_tokenizer(dataset, cfg)
-    condition = TextConditioner(cfg, tokenizer, device)
+    condition = TextConditioner(cfg, tokenizer, device, dtype=amp_dtype or torch.float32)
     torch.manual_seed(cfg.seed)                                     # identical initial weights on every rank
     model = build_model(cfg, len(tokenizer) if tokenizer else None, condition.frozen_dim).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -490,7 +538,12 @@ def main(argv: list[str] | None = None) -> Path:
         state = torch.load(last / "state.pt", map_location=device, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
+        if torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         start = state["step"]
+        if master:
+            atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))   # with the flags given now
+            trim_log(run_dir / "log.jsonl", start)
     elif master:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -509,7 +562,7 @@ def main(argv: list[str] | None = None) -> Path:
                                               pin_memory=device.type == "cuda",
                                               persistent_workers=cfg.num_workers > 0))
     heldout = HeldOutLoss(dataset, cfg) if cfg.eval_every and cfg.data == "synthetic" and master else None
-    flops_per_image = 3 * model.dit.flops_per_forward(cfg.max_text_length // 2)
+    flops_per_image = 3 * model.flops_per_forward(cfg.max_text_length // 2)     # text length: a typical batch's
     log_file = open(run_dir / "log.jsonl", "a") if master else None
 
     # ---- loop ---------------------------------------------------------------------------------------------
@@ -518,6 +571,8 @@ def main(argv: list[str] | None = None) -> Path:
     bar = tqdm(initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
     step = start
     while step < cfg.steps:
+        if calibrate is not None and step in calibrate and device.type == "cuda":
+            torch.cuda.synchronize()                                   # time the GPU's work, not the queueing
         if calibrate is not None and step == calibrate[0]:
             calibrate_tick = time.time()
         if calibrate is not None and step == calibrate[1]:
@@ -532,10 +587,10 @@ def main(argv: list[str] | None = None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro_step in range(cfg.grad_accum):
-            x0, t, captions = training_batch(next(loader), cfg, step_generator(cfg.seed, rank, step, micro_step))
+            x0, t, captions = training_batch(next(loader), cfg, step_generator(cfg.seed, rank, step, micro_step),
+                                             device)
             noise_gen = step_generator(cfg.seed, rank, step, micro_step, device)
             noise = torch.randn(x0.shape, generator=noise_gen, device=device)
-            x0, t = x0.to(device, non_blocking=True), t.to(device, non_blocking=True)
             text, mask = condition(captions)
             # Gradients are all-reduced only on the last micro-step of the accumulation.
             last = world == 1 or micro_step == cfg.grad_accum - 1
@@ -570,10 +625,12 @@ def main(argv: list[str] | None = None) -> Path:
                     record.update(heldout(ema, condition, device))
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+        paused = time.time()                                           # grids and checkpoints are not training
         if master and (done % cfg.sample_every == 0 or done == cfg.steps):
             sample_grid(ema, condition, cfg, device, run_dir / "samples" / f"step_{done:07d}.png")
         if master and (done % cfg.ckpt_every == 0 or done == cfg.steps):
             save_checkpoint(run_dir, done, model, ema, optimizer, cfg.keep_ckpts)
+        tick += time.time() - paused
         step = done
         bar.update(1)
     bar.close()
@@ -586,7 +643,7 @@ def main(argv: list[str] | None = None) -> Path:
         dist.all_gather(gathered, fingerprint)
         in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
     if master:
-        final = {"event": "done", "step": cfg.steps, "wall_s": round(time.time() - t0, 1)}
+        final = {"event": "done", "step": step, "wall_s": round(time.time() - t0, 1)}
         if world > 1:
             final["ranks_in_sync"] = in_sync
         log_file.write(json.dumps(final) + "\n")

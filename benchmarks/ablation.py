@@ -17,6 +17,7 @@ heldout_loss.png.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,9 @@ def train_recipe(recipe: str, seed: int, args: argparse.Namespace, extra: list[s
              "--steps", str(args.steps), "--num_images", str(args.num_images), "--ckpt_every", str(every),
              "--keep_ckpts", str(args.evals), "--eval_every", str(every // 2), "--sample_every", str(args.steps),
              *RECIPES[recipe], *extra]
-    resume = ["--resume"] if (run_dir / "checkpoints").is_dir() and train.checkpoints(run_dir) else []
+    resume = ["--resume"] if train.checkpoints(run_dir) else []
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)                       # started, never checkpointed: nothing to keep, start over
     print(f"[{name}] python train.py {' '.join(flags + resume)}")
     train.main(flags + resume)
     return run_dir

@@ -25,6 +25,7 @@ header() {
 
 smoke() {
     header smoke
+    rm -rf "$out/smoke"                          # a check starts afresh: train.py never reuses a run folder
     python train.py --preset gpu --compile --num_images 5000 --steps 60 --warmup 20 --sample_every 60 \
         --ckpt_every 60 --log_every 20 --name smoke --out_dir "$out"
     python train.py --name smoke --out_dir "$out" --resume --steps 80 --log_every 20
@@ -43,6 +44,7 @@ throughput() {
 
 train_and_score() {
     header train
+    rm -rf "$out/gpu"
     python train.py --preset gpu --compile --time_budget 5 --name gpu --out_dir "$out"
     note "$(grep -E '"event"' "$out/gpu/log.jsonl" | tr '\n' ' ')"
     note "$(tail -n 2 "$out/gpu/log.jsonl" | head -n 1)"
@@ -55,6 +57,7 @@ ddp() {
         note "ddp: skipped, fewer than 2 GPUs (NCCL cannot put two ranks on one GPU)"
         return
     fi
+    rm -rf "$out/ddp"
     torchrun --standalone --nproc_per_node=2 train.py --preset gpu --num_images 5000 --steps 100 --warmup 20 \
         --sample_every 100 --ckpt_every 100 --name ddp --out_dir "$out"
     note "$(tail -n 1 "$out/ddp/log.jsonl")"

@@ -1,5 +1,6 @@
 """End-to-end tests of train.py and sample.py: tiny configs, a handful of steps, CPU only."""
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -57,9 +58,15 @@ def test_generate_is_deterministic_and_batch_independent(tmp_path):
     assert not (sample.generate(pipe, prompts, seed=4, steps=3, progress=False) == a).all()
 
 
+def logged(run_dir: Path) -> list[int]:
+    """The step of every training log record, then the final event's."""
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if "loss" in r or r.get("event") == "done"]
+
+
 def test_resume_continues_exactly(tmp_path):
     full = run(tmp_path, "--name", "full", "--steps", "6", "--ckpt_every", "3", "--cutmix", "all", "--crop")
-    # Simulate a crash after step 3: drop the last checkpoint and the log lines after it, then resume.
+    # Simulate a crash after step 3: drop the last checkpoint (the log keeps the lines after it), then resume.
     broken = tmp_path / "broken"
     shutil.copytree(full, broken)
     shutil.rmtree(broken / "checkpoints" / "step_0000006")
@@ -67,14 +74,27 @@ def test_resume_continues_exactly(tmp_path):
     a, b = weights(full / "checkpoints" / "step_0000006"), weights(resumed / "checkpoints" / "step_0000006")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    assert logged(resumed) == logged(full)                     # the lines after step 3 are replaced, not repeated
 
 
-def test_resume_rejects_a_different_config(tmp_path):
-    run(tmp_path, "--name", "r", "--steps", "2")
-    with pytest.raises(SystemExit, match="--patch_size: checkpoint has 8, asked 4"):
-        run(tmp_path, "--name", "r", "--resume", "--patch_size", "4")
-    with pytest.raises(SystemExit, match="no run at"):
-        run(tmp_path, "--name", "missing", "--resume")
+def test_resume_with_more_steps_records_them_and_a_new_run_never_reuses_a_folder(tmp_path):
+    run_dir = run(tmp_path, "--name", "more", "--steps", "2", "--lr_schedule", "constant")
+    run(tmp_path, "--name", "more", "--resume", "--steps", "4")
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 4
+    assert logged(run_dir)[-1] == 4 and [p.name for p in train.checkpoints(run_dir)][-1] == "step_0000004"
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(tmp_path, "--name", "more", "--steps", "2")
+
+
+def test_epoch_batches_deal_disjoint_shards_and_resume_mid_epoch():
+    def batches(rank: int, count: int, start: int = 0) -> list[list[tuple[int, int]]]:
+        return list(itertools.islice(iter(train.EpochBatches(50, 4, rank, 2, seed=0, start=start)), count))
+    per_epoch = (50 // 2) // 4                                               # 6 full micro-batches per rank
+    shards = [{i for b in batches(rank, per_epoch) for _, i in b} for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 24 and not shards[0] & shards[1]
+    stream = batches(0, 9)
+    assert {e for b in stream for e, _ in b} == {0, 1}                        # the 7th micro-batch opens epoch 1
+    assert batches(0, 4, start=5) == stream[5:9]                               # a resumed sampler skips ahead
 
 
 def test_bad_flags_are_argparse_errors(capsys):
@@ -84,6 +104,13 @@ def test_bad_flags_are_argparse_errors(capsys):
     assert "invalid choice: 'huge'" in err and "'tiny'" in err
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "tpu"])
+    for flag, value in (("--grad_accum", "0"), ("--log_every", "0"), ("--keep_ckpts", "0")):
+        with pytest.raises(SystemExit):
+            train.parse_args([flag, value])
+        assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--device", "gpu"])
+    assert "--device: expected" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
     assert "runs/does-not-exist" in capsys.readouterr().err
