@@ -197,3 +197,12 @@ def test_steps_in_budget_fills_the_time_left_and_no_more():
     assert train.parse_args([])[0].time_budget > 0                            # the cpu preset runs on a budget
     with pytest.raises(SystemExit):
         train.parse_args(["--time_budget", "1", "--warmup", "4"])
+
+
+def test_compiled_runs_see_one_text_length():
+    tokenizer = train.WordTokenizer.build(["a red star", "a small blue circle on a plain background"], max_length=12)
+    for compile_, length in ((False, 9), (True, 12)):
+        cfg = train.Config(compile=compile_, max_text_length=12)
+        captions = ["a red star", "a small blue circle on a plain background"]
+        ids, mask = train.TextConditioner(cfg, tokenizer, torch.device("cpu"))(captions)
+        assert ids.shape == mask.shape == (2, length) and mask.sum().item() == 4 + 9
