@@ -105,6 +105,8 @@ def test_hf_text_encoder_tiny_t5(tmp_path):
     assert hidden.shape == (3, 16, 32) and mask.dtype == torch.bool
     assert mask.sum(1).tolist() == [4, 1, 16]  # ByT5: one token per byte + </s>; "" is just </s>
     assert not hidden.requires_grad and torch.isfinite(hidden).all()
+    half = HFTextEncoder(str(tmp_path), max_length=16, dtype=torch.bfloat16)  # how train.py loads it under bf16
+    assert half(["abc"])[0].dtype == torch.bfloat16
 
 
 def test_hf_text_encoder_automodel_bert(tmp_path):
@@ -210,6 +212,13 @@ def test_flops_per_forward_matches_flop_counter():
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(torch.randn(1, 4, 16, 16), torch.rand(1), torch.randn(1, 7, 48), None)
     assert model.flops_per_forward(text_len=7) == counter.get_total_flops()
+
+    both = TextToImage(DiT(input_size=8, patch_size=4, hidden_size=32, depth=1, num_heads=2, text_dim=16),
+                       LearnedTextEncoder(vocab_size=20, width=16, depth=2, heads=2))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        both(torch.randn(1, 3, 8, 8), torch.rand(1), torch.randint(3, 20, (1, 5)), None)
+    assert both.flops_per_forward(text_len=5) == counter.get_total_flops()     # DiT + the jointly trained encoder
 
 
 def test_sizes_and_parameter_count():
