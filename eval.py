@@ -1,6 +1,6 @@
 """
-Evaluation: a GenEval-style compositional benchmark for the synthetic domain, and the output layouts of
-the real benchmarks (GenEval, DPG-Bench).
+Evaluation: a GenEval-style compositional benchmark for the synthetic domain (the `shapes` subcommand), and
+library functions for the real benchmarks: their output layouts (GenEval, DPG-Bench) and the Fréchet distance.
 
     python eval.py shapes --ckpt runs/default     # -> runs/default/eval/shapes/{results.json, results.md,
                                                   #    grid_<category>.png, geneval/}
@@ -41,10 +41,15 @@ position compares box centres with GenEval's margin (0.1 x the summed box sizes)
 through its exclude entry {count + 1}.
 
 Statistics: accuracy per category over images, overall = unweighted mean of GenEval's 6 categories
-(shape-agnostic: of its 6, with color_position in place of position).
+(shape-agnostic: of its 6, with color_position in place of position; --validate's overall is GenEval's 6 too).
 95% intervals by percentile bootstrap over prompts (a prompt's images are correlated), all
-categories resampled together for the overall interval. frechet_distance is the FID formula, for the
-FID-family metrics. Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
+categories resampled together for the overall interval.
+Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
+
+Library only, no subcommand (covered by the tests): frechet_distance, the FID formula for FID-family metrics
+on features the caller extracts (nothing here computes FID: the synthetic default has no feature network);
+write_dpg_layout, DPG-Bench's input folder; check_geneval_layout, what GenEval's evaluator reads (the shapes
+subcommand writes its geneval/ folder with write_geneval_layout, without checking it).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -485,7 +491,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
-        # Singular product (e.g. fewer samples than dimensions): regularise both covariances slightly.
+        # sqrtm failed on a singular product (fewer samples than dimensions can cause it, though SciPy 1.17
+        # returns a finite root for those): regularise both covariances slightly.
         offset = np.eye(len(sigma1)) * eps
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
@@ -671,7 +678,8 @@ def write_report(out_dir: str, results: dict, images: np.ndarray) -> None:
 
 def validate_judge(judge: Judge, per_category: int = 50, seed: int = 0) -> dict:
     """Accuracy per category on ground-truth renders, uniform noise and blank gray images, plus the
-    renders' shape and color confusion (true object -> best-overlapping detection; last column: missed)."""
+    renders' shape and color confusion (true object -> best-overlapping detection; last column: missed).
+    "overall" is the benchmark's: the mean of GenEval's 6 categories, color_position reported beside it."""
     prompts = make_prompts(per_category, seed)
     metadatas, tags = [p.metadata for p in prompts], np.array([p.metadata["tag"] for p in prompts])
     renders = np.stack([render(p.scene) for p in prompts])
@@ -682,7 +690,8 @@ def validate_judge(judge: Judge, per_category: int = 50, seed: int = 0) -> dict:
     for name, images in (("renders", renders), ("noise", noise), ("blank", blank)):
         ok, _ = judge.score(images, metadatas)
         out[name] = {t: float(ok[tags == t].mean()) for t in TAGS}
-        out[name]["overall"] = float(np.mean(list(out[name].values())))
+        # One meaning of "overall" across the module: bootstrap_accuracy's over CATEGORIES, not all of TAGS.
+        out[name]["overall"] = float(np.mean([out[name][t] for t in CATEGORIES]))
     shapes, colors = np.zeros((len(SHAPES), len(SHAPES) + 1), int), np.zeros((len(COLORS), len(COLORS) + 1), int)
     side = renders.shape[1]
     for p, found in zip(prompts, judge.detect(renders)):
@@ -696,9 +705,12 @@ def validate_judge(judge: Judge, per_category: int = 50, seed: int = 0) -> dict:
 
 
 def format_validation(v: dict) -> str:
-    lines = ["| images | " + " | ".join(TAGS) + " | overall |", "|---" * (len(TAGS) + 2) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{v[name][t]:.3f}" for t in (*TAGS, "overall")) + " |"
+    # overall sits right after the categories it averages, our own tags (color_position) after it
+    columns = (*CATEGORIES, "overall", *(t for t in TAGS if t not in CATEGORIES))
+    lines = ["| images | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{v[name][t]:.3f}" for t in columns) + " |"
               for name in ("renders", "noise", "blank")]
+    lines += ["", "overall: mean of GenEval's 6 categories, as in the benchmark's results (color_position apart)"]
     for title, names in (("shape_confusion", SHAPES), ("color_confusion", COLOR_NAMES)):
         lines += ["", f"{title} (rows: truth, columns: judged)"]
         lines += [" " * 9 + "".join(f"{n[:8]:>9}" for n in (*names, "missed"))]
@@ -709,6 +721,25 @@ def format_validation(v: dict) -> str:
 #                                      CLI                                      #
 #################################################################################
 
+def _number(kind: type, least: float, expected: str) -> Callable[[str], float]:
+    """An argparse type: a finite kind(text) >= least, else argparse's error naming the flag and `expected`
+    (0 prompts or images would otherwise end in a numpy traceback far from the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "a non-negative integer")            # seeds: numpy rejects negative ones
+non_negative_float = _number(float, 0, "a non-negative number")         # guidance: 0 unconditional, 1 no guidance
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluation benchmarks for text-to-image runs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -717,12 +748,13 @@ def main(argv: list[str] | None = None) -> None:
                                         "results.json/.md, grid_<category>.png and geneval/ under --out.")
     p.add_argument("--ckpt", help="run directory (runs/<name>) or one of its checkpoints/step_* folders")
     p.add_argument("--out", help="output folder (default: RUN/eval/shapes)")
-    p.add_argument("--per-category", type=int, default=50, help="prompts per category (default 50)")
-    p.add_argument("--images-per-prompt", type=int, default=4, help="(default 4, as GenEval)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the prompt set, the sampling noise and the bootstrap")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=64, help="sampling batch size (default 64)")
+    p.add_argument("--per-category", type=positive_int, default=50, help="prompts per category (default 50)")
+    p.add_argument("--images-per-prompt", type=positive_int, default=4, help="(default 4, as GenEval)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the prompt set, the sampling noise and the bootstrap")
+    p.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale (default: the run's)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sampling batch size (default 64)")
     p.add_argument("--device", help="cuda, cpu, mps (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--judge-cache", help="folder of the cached judge (default: $IMAGENET_T2I_CACHE, "

@@ -228,6 +228,58 @@ def test_frechet_distance_matches_closed_form():
     with pytest.raises(ValueError):
         E.frechet_distance(mu1, s1, mu2[:4], s2[:4, :4])
 
+
+def reference_frechet(mu1, s1, mu2, s2) -> float:
+    """Without sqrtm: Tr((S1 S2)^1/2) is the sum of the square roots of S1 S2's eigenvalues (real, >= 0 for PSD
+    S1, S2; rounding can leave -1e-17 or a tiny imaginary part, hence .real and the clip)."""
+    eigenvalues = np.linalg.eigvals(s1 @ s2).real.clip(min=0)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eigenvalues).sum())
+
+
+def wrong_frechet(mu1, s1, mu2, s2) -> float:
+    """The classic mistake, Tr(S1^1/2 S2^1/2): equal to the right value only when S1 and S2 commute."""
+    def root(s):
+        w, v = np.linalg.eigh(s)
+        return (v * np.sqrt(w.clip(min=0))) @ v.T
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(root(s1) @ root(s2)))
+
+
+def test_frechet_distance_with_non_commuting_covariances():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6)) * [3, 1, 1, 0.5, 0.3, 0.1]    # different eigenvectors
+    s1, s2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    assert not np.allclose(s1 @ s2, s2 @ s1)
+    expected = reference_frechet(mu1, s1, mu2, s2)
+    assert E.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert E.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-6)           # symmetric
+    assert abs(wrong_frechet(mu1, s1, mu2, s2) - expected) > 0.01 * expected   # the case tells the two formulas apart
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 16))                                               # 6 samples of 16 features: rank 5
+    y = rng.normal(size=(5, 16)) @ rng.normal(size=(16, 16)) / 4 + 1
+    mu1, mu2, s1, s2 = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    assert np.linalg.matrix_rank(s1) == 5 and np.linalg.matrix_rank(s2) == 4
+    expected = reference_frechet(mu1, s1, mu2, s2)
+    assert abs(wrong_frechet(mu1, s1, mu2, s2) - expected) > 0.01 * expected
+    assert E.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    # The fallback is for sqrtm returning non-finite values on a singular product. SciPy 1.17 returns a finite
+    # root for these covariances, so the failure is simulated: the first call fails, the regularised one is real.
+    sqrtm, calls = E.scipy.linalg.sqrtm, []
+
+    def failing_once(m):
+        calls.append(m)
+        return np.full_like(m, np.nan) if len(calls) == 1 else sqrtm(m)
+
+    monkeypatch.setattr(E.scipy.linalg, "sqrtm", failing_once)
+    distance = E.frechet_distance(mu1, s1, mu2, s2, eps=1e-6)
+    offset = 1e-6 * np.eye(16)
+    assert len(calls) == 2 and np.allclose(calls[1], (s1 + offset) @ (s2 + offset))       # the fallback ran
+    # eps on the diagonal biases the root's trace by O(dimensions x sqrt(eps)): 0.004 here, 4 for the wrong formula
+    assert np.isfinite(distance) and distance == pytest.approx(expected, abs=0.02)
+
 #################################################################################
 #                                  End to End                                   #
 #################################################################################
@@ -251,7 +303,38 @@ def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     assert all((out / f"grid_{t}.png").exists() for t in E.TAGS)
 
 
+def test_validation_overall_is_the_benchmarks():
+    class OnlyColorPosition:        # right on our own tag alone: GenEval's 6 categories average to 0, all 7 to 1/7
+        def score(self, images, metadatas, ignore_shape=False):
+            return np.array([m["tag"] == "color_position" for m in metadatas]), [""] * len(metadatas)
+
+        def detect(self, images, keep_junk=False):
+            return [[] for _ in images]
+
+    v = E.validate_judge(OnlyColorPosition(), per_category=2)
+    for name in ("renders", "noise", "blank"):
+        assert v[name]["color_position"] == 1 and v[name]["overall"] == 0
+    assert np.array(v["shape_confusion"])[:, -1].sum() == sum(len(p.scene.objects) for p in E.make_prompts(2))
+    header = E.format_validation(v).splitlines()[0]
+    assert header.endswith("| color_attr | overall | color_position |")
+
+
 def test_cli_names_a_missing_run_dir(capsys):
     with pytest.raises(SystemExit):
         E.main(["shapes", "--ckpt", "/nonexistent/run"])
     assert "/nonexistent/run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--per-category", "0", "a positive integer"), ("--per-category", "-2", "a positive integer"),
+    ("--images-per-prompt", "0", "a positive integer"), ("--images-per-prompt", "-1", "a positive integer"),
+    ("--steps", "0", "a positive integer"), ("--batch-size", "0", "a positive integer"),
+    ("--per-category", "1.5", "a positive integer"), ("--seed", "-1", "a non-negative integer"),
+    ("--guidance", "-1", "a non-negative number"), ("--guidance", "nan", "a non-negative number")])
+def test_cli_rejects_nonsensical_numbers(capsys, flag, value, expected):
+    # argparse's error (exit 2, usage + the flag) before anything runs; the run dir would be the next error
+    with pytest.raises(SystemExit) as error:
+        E.main(["shapes", "--ckpt", "/nonexistent/run", flag, value])
+    assert error.value.code == 2
+    assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert (E.positive_int("3"), E.non_negative_int("0"), E.non_negative_float("0")) == (3, 0, 0.0)  # bounds included
