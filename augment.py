@@ -21,8 +21,15 @@ box, rendered at 64x64): parts of objects hidden by the paste are called partial
 and the GenEval relations (left of / right of / above / below) come from the visible centroids. For
 real images compose_caption joins the two captions with the placement.
 
-Whether a training sample uses the mixed version (t > t_mix and u < p_mix) is decided in diffusion.py;
-MixedDataset always returns both versions, reproducibly from (seed, epoch, index).
+Random crops (crop=True) replace the plain image of half the items by a crop resized back to full size;
+synthetic scenes get an exact caption of the crop, in a phrasing fixed per image (so crops do not double
+as caption paraphrasing). Crops are NOT gated by t_mix, unlike CutMix: the plain image is trained at every
+t (always below t_mix, and above it whenever the sample is not swapped for its mixed version). The mixed
+image is pasted onto the uncropped base image.
+
+Whether a training sample uses the mixed version (t > t_mix and u < p_mix) is decided per sample by
+diffusion.mix_mask (called in train.py); MixedDataset always returns both versions, reproducibly from
+(seed, epoch, index).
 """
 import argparse
 import textwrap
@@ -34,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from data import (PROMPT_OPENINGS, Scene, SyntheticImageNet, describe_background, describe_object, long_caption, position_name,
-                  relation_name, render_masks, save_png, to_uint8)
+from data import (PROMPT_OPENINGS, Scene, SyntheticImageNet, _a, _pick, describe_background, describe_object,
+                  long_caption, position_name, relation_name, render_masks, save_png, to_uint8)
 
 CUTMIX_SETTINGS = ("1/2", "1/4", "1/9", "1/16", "all")
 
@@ -48,13 +55,15 @@ CUTMIX_SETTINGS = ("1/2", "1/4", "1/9", "1/16", "all")
 class Placement:
     setting: str                         # the concrete setting used ("all" resolves to one of the four)
     box: tuple[int, int, int, int]       # (left, top, right, bottom) pixels of the pasted region in the base image
-    where: str                           # "right half", "bottom half", "top-right corner", "left border", "top-left area"
-    image_size: tuple[int, int] = (32, 32)  # (H, W) of the base image, so the box can be read as fractions
+    where: str                           # "right half", "top-right corner", "left border", "top-left area", ...
+    image_size: tuple[int, int]          # (H, W) of the base image, so the box can be read as fractions (no default:
+                                         # a wrong size would silently give wrong fractions)
 
 
 def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     # Antialiased bilinear in float32 (CPU bf16 has no antialiased kernel), back to the input dtype.
-    return F.interpolate(x[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0].to(x.dtype)
+    y = F.interpolate(x[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return y[0].to(x.dtype)
 
 
 @lru_cache(maxsize=16)
@@ -67,7 +76,8 @@ def _free_positions(H: int, W: int, h: int, w: int) -> np.ndarray:
     return np.stack([T[~overlap], L[~overlap]], 1)
 
 
-def cutmix(base: torch.Tensor, other: torch.Tensor, setting: str, rng: np.random.Generator) -> tuple[torch.Tensor, Placement]:
+def cutmix(base: torch.Tensor, other: torch.Tensor, setting: str,
+           rng: np.random.Generator) -> tuple[torch.Tensor, Placement]:
     """Paste `other` into a copy of `base`, both (C, H, W), with the paper's geometry for `setting`."""
     if setting not in CUTMIX_SETTINGS:
         raise ValueError(f"unknown CutMix setting {setting!r}; expected one of {CUTMIX_SETTINGS}")
@@ -162,30 +172,30 @@ def _things(parts: list[tuple], rng: np.random.Generator) -> str:
         elif frac >= 0.25:
             phrases.append(_pick(rng, ("part of {}", "{} (partly cut off)")).format(describe_object(obj, rng)))
         else:  # a few pixels: name it, since the colour is visible, but do not claim the shape is recognisable
-            phrases.append(f"the edge of {describe_object(obj, rng, with_size=False)}")
+            phrases.append(f"the edge of {_a(obj.color + ' shape')}")
     return " and ".join(phrases)
 
 
-def _pick(rng: np.random.Generator, options):
-    return options[rng.integers(len(options))]
-
-
-def mixed_caption(base: Scene, other: Scene, placement: Placement, rng: np.random.Generator, style: str = "long") -> str:
+def mixed_caption(base: Scene, other: Scene, placement: Placement, rng: np.random.Generator,
+                  style: str = "long") -> str:
     """Exact caption of the mixed image: 'class' style lists the visible classes, 'long' describes the scene."""
     parts = [p for p in _visible(base, other, placement) if p[1] >= 0.03]  # below 3%: a stray pixel or two
     seen_a, seen_b = [p for p in parts if not p[4]], [p for p in parts if p[4]]
     # Under a quarter of an object left is not recognisable: it gets no class word and no relation.
     main_a, main_b = [p for p in seen_a if p[1] >= 0.25], [p for p in seen_b if p[1] >= 0.25]
     if style == "class":
-        shapes = list(dict.fromkeys(p[0].shape for p in main_a + main_b)) or [base.objects[0].shape]
+        shapes = list(dict.fromkeys(p[0].shape for p in main_a + main_b))
+        if not shapes:  # nothing recognisable: a class caption still needs a class, so take the most visible one
+            shapes = [max(parts, key=lambda p: p[1])[0].shape if parts else base.objects[0].shape]
         return _pick(rng, ("a photo of {}", "an image of {}", "a picture of {}")).format(
-            " and ".join(f"a {s}" for s in shapes))
+            " and ".join(_a(s) for s in shapes))
     if style != "long":
         raise ValueError(f"style must be 'long' or 'class', got {style!r}")
     bg_a, bg_b = describe_background(base, rng, short=rng.random() < 0.5), describe_background(other, rng)
     a, b, where = _things(seen_a, rng), _things(seen_b, rng), _where(placement)
     if not main_a or not main_b:  # one side shows no recognisable object: say exactly what is there
-        text = (f"{a} on {bg_a}" if a else bg_a) + f"; {where}, " + (f"{b} on {bg_b}." if b else f"an empty patch of {bg_b}.")
+        text = (f"{a} on {bg_a}" if a else bg_a) + f"; {where}, " + \
+            (f"{b} on {bg_b}." if b else f"an empty patch of {bg_b}.")
         return text[:1].upper() + text[1:]
     (oa, _, ax, ay, _), (ob, _, bx, by, _) = main_a[0], main_b[0]
     # CM 1/2: every visible pixel of A lies on A's side of the border, so the split decides the relation.
@@ -226,7 +236,8 @@ def compose_caption(base_caption: str, other_caption: str, placement: Placement,
 #################################################################################
 
 
-def random_crop(image: torch.Tensor, rng: np.random.Generator, min_scale: float = 0.7) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def random_crop(image: torch.Tensor, rng: np.random.Generator,
+                min_scale: float = 0.7) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Crop a random box of side scale * (H, W), scale ~ U(min_scale, 1), and resize it back to (H, W)."""
     _, H, W = image.shape
     s = rng.uniform(min_scale, 1.0)
@@ -248,12 +259,24 @@ def crop_scene(scene: Scene, box: tuple[int, int, int, int], size: int) -> Scene
 #################################################################################
 
 
+# SeedSequence pads short keys with zeros, so a per-image key (seed, index) would equal the item key
+# (seed, epoch=index, 0); the tag moves it to item number 0x63726F70 (1.7e9), which no dataset here reaches.
+_CROP_TEXT = 0x63726F70  # "crop"
+_PARTNER_TRIES = 4       # same-class partners only come from unreadable files: a few draws find another class
+
+
 class MixedDataset(torch.utils.data.Dataset):
-    """Wraps SyntheticImageNet or ImageFolderCaptions. Item = {"image", "caption", "mixed_image", "mixed_caption", "label", "index"}.
-    captions: "long" (TA) or "class" (AIO). cutmix: None or a CUTMIX_SETTINGS value. crop: bool (apply random_crop to the
-    plain image with probability 0.5, re-captioning synthetic scenes exactly). The second image comes from a different class.
-    Randomness per item comes from np.random.default_rng((seed, epoch, index)) so runs and resumes are reproducible;
-    set_epoch(epoch). With cutmix=None, mixed_image/mixed_caption equal image/caption (cheap: no copy)."""
+    """Wraps SyntheticImageNet or ImageFolderCaptions. Item = {"image", "caption", "mixed_image", "mixed_caption",
+    "label", "index"}.
+
+    captions: "long" (TA) or "class" (AIO). cutmix: None or a CUTMIX_SETTINGS value; the second image comes from a
+    different class (if a partner turns out to share the class, e.g. an unreadable file replaced by its neighbour,
+    another is drawn; after _PARTNER_TRIES the item stays unmixed). crop: bool, replace the plain image by
+    random_crop with probability 0.5, at every t (crops are not gated by t_mix like CutMix; the mixed image uses
+    the uncropped one); synthetic scenes get an exact caption of the crop, phrased with a per-image rng so each
+    image keeps one phrasing across epochs and only the content follows the crop.
+    Randomness per item comes from np.random.default_rng((seed, epoch, index)) so runs and resumes are
+    reproducible. With cutmix=None, mixed_image/mixed_caption equal image/caption (cheap: no copy)."""
 
     def __init__(self, base, captions: str = "long", cutmix: str | None = "all", crop: bool = False, seed: int = 0):
         if captions not in ("long", "class"):
@@ -273,6 +296,8 @@ class MixedDataset(torch.utils.data.Dataset):
             raise ValueError("CutMix pastes an image of another class, but the dataset has a single class")
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch for int keys, in THIS process only: DataLoader workers (persistent ones above all) keep their
+        own copy of the dataset and never see it. Across workers pass (epoch, index) keys instead, as train.py does."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -284,28 +309,42 @@ class MixedDataset(torch.utils.data.Dataset):
         c = self._classes[k + (k >= self._rank[label])]
         return int(self._order[self._start[c] + rng.integers(self._count[c])])
 
+    def crop_caption(self, index: int, box: tuple[int, int, int, int], size: int) -> str:
+        """Exact long caption of a crop of synthetic image `index`, worded by a per-image rng: the same phrasing
+        every epoch (a crop must not double as caption paraphrasing), only the content follows the box."""
+        rng = np.random.default_rng((self.seed, index, _CROP_TEXT))
+        return long_caption(crop_scene(self.scenes[index], box, size), rng)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # An (epoch, index) key lets a sampler carry the epoch into DataLoader workers, where set_epoch can't reach.
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng((self.seed, epoch, i))
         item = self.base[i]
-        key = f"{self.captions}_caption"
-        image, caption, index = item["image"], item[key], item["index"]
+        caption_field = f"{self.captions}_caption"
+        image, caption, index = item["image"], item[caption_field], item["index"]
         out = {"image": image, "caption": caption, "label": item["label"], "index": index}
         if self.crop and rng.random() < 0.5:
             out["image"], box = random_crop(image, rng)
             if self.scenes is not None and self.captions == "long":
-                out["caption"] = long_caption(crop_scene(self.scenes[index], box, image.shape[-1]), rng)
+                out["caption"] = self.crop_caption(index, box, image.shape[-1])
         if self.cutmix is None:
             out["mixed_image"], out["mixed_caption"] = out["image"], out["caption"]
             return out
-        other = self.base[self._partner(item["label"], rng)]
+        # The base serves the next readable image for an unreadable one, so the partner (or even the item itself)
+        # may come back with the item's class: draw again, and give up on mixing rather than mix a class with itself.
+        for _ in range(_PARTNER_TRIES):
+            other = self.base[self._partner(item["label"], rng)]
+            if other["label"] != item["label"]:
+                break
+        else:  # no other class readable: the mixed slot gets the base image unpasted, as CutMix would have used it
+            out["mixed_image"], out["mixed_caption"] = image, caption
+            return out
         out["mixed_image"], placement = cutmix(image, other["image"], self.cutmix, rng)
         if self.scenes is not None:
             out["mixed_caption"] = mixed_caption(self.scenes[index], self.scenes[other["index"]], placement, rng,
                                                  style=self.captions)
         else:
-            out["mixed_caption"] = compose_caption(caption, other[key], placement, rng)
+            out["mixed_caption"] = compose_caption(caption, other[caption_field], placement, rng)
         return out
 
 #################################################################################
@@ -323,12 +362,11 @@ def demo_grid(image_size: int = 32, seed: int = 0, per_row: int = 4, tile: int =
         mixed = MixedDataset(data, cutmix=None if name == "crop" else name, crop=name == "crop", seed=seed)
         tiles = []
         for k in range(per_row):
-            item = mixed[k]
-            if name == "crop":  # show a crop on every tile, not only half of them
-                rng = np.random.default_rng((seed, k))
-                image, box = random_crop(item["image"], rng)
-                text = long_caption(crop_scene(data.scenes[k], box, image_size), rng)
+            if name == "crop":  # a crop on every tile, not only on half of them as in training
+                image, box = random_crop(data[k]["image"], np.random.default_rng((seed, k)))
+                text = mixed.crop_caption(k, box, image_size)
             else:
+                item = mixed[k]
                 image, text = item["mixed_image"], item["mixed_caption"]
             tiles.append((Image.fromarray(to_uint8(image)).resize((tile, tile), Image.NEAREST),
                           textwrap.wrap(text, chars)))

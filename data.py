@@ -109,7 +109,8 @@ _SS = 4  # supersampling factor
 
 
 def _rotate(p: np.ndarray, degrees: float) -> np.ndarray:
-    # Counterclockwise on screen; with y pointing down that is the matrix [[c, s], [-s, c]].
+    # Counterclockwise on screen; with y pointing down that is R = [[c, s], [-s, c]] acting on column vectors.
+    # p holds one point per row, so it is multiplied by the transpose: p @ R.T.
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     return p @ np.array([[c, -s], [s, c]])
 
@@ -232,7 +233,9 @@ def _pick(rng: np.random.Generator, options):
 
 
 def _a(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" and not phrase.startswith("uni") else "a ") + phrase
+    # By the first letter, lowercased so folder names ("African_elephant") work; "uni"/"eu" sound like "you".
+    vowel = phrase[:1].lower() in tuple("aeiou") and not phrase.lower().startswith(("uni", "eu"))
+    return ("an " if vowel else "a ") + phrase
 
 
 def _cap(text: str) -> str:
@@ -283,7 +286,8 @@ def _tilt(obj: Obj, rng: np.random.Generator) -> str:
 
 def class_caption(scene: Scene, rng: np.random.Generator) -> str:
     """The AIO baseline: the class name of the (first) object in a template."""
-    return _pick(rng, ("a photo of a {}", "an image of a {}", "a picture of a {}", "a {}")).format(scene.objects[0].shape)
+    template = _pick(rng, ("a photo of a {}", "an image of a {}", "a picture of a {}", "a {}"))
+    return template.format(scene.objects[0].shape)
 
 
 def long_caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -317,8 +321,8 @@ def long_caption(scene: Scene, rng: np.random.Generator) -> str:
     listed = " and ".join(parts) if len(parts) == 2 and "," not in parts[0] else \
         "; ".join(parts[:-1]) + "; and " + parts[-1]
     number = {2: "two", 3: "three", 4: "four"}.get(len(objs), str(len(objs)))
-    sentences = [_pick(rng, (f"The image shows {number} objects: {listed}.", f"There are {number} shapes here: {listed}.",
-                             f"{_cap(listed)}, on {bg}."))]
+    sentences = [_pick(rng, (f"The image shows {number} objects: {listed}.",
+                             f"There are {number} shapes here: {listed}.", f"{_cap(listed)}, on {bg}."))]
     for a, b in zip(objs[:-1], objs[1:]):
         sentences.append(f"The {a.color} {a.shape} is {relation_name(a.x, a.y, b.x, b.y)} the {b.color} {b.shape}.")
     if not sentences[0].endswith(f"on {bg}."):
@@ -387,10 +391,13 @@ class SyntheticImageNet(torch.utils.data.Dataset):
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+_HEADERS = ("image_path", "filename")  # a TSV may open with a header row "image_path<TAB>caption"
+
+
 def _read_captions(path: str) -> list[tuple[int, str, str]]:
     """(line number, image path, caption) from TSV 'filename<TAB>caption' or JSONL {"image_path", "caption"}."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not part of line 1
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -398,18 +405,29 @@ def _read_captions(path: str) -> list[tuple[int, str, str]]:
             try:
                 if line.lstrip().startswith("{"):
                     row = json.loads(line)
-                    rows.append((n, row["image_path"], row["caption"].strip()))
+                    name, caption = row["image_path"], row["caption"]
+                    if not isinstance(name, str) or not isinstance(caption, str):
+                        raise ValueError(f"image_path and caption must be strings, got {type(name).__name__} "
+                                         f"and {type(caption).__name__}")
                 else:
                     name, caption = line.split("\t", 1)
-                    rows.append((n, name.strip(), caption.strip()))
+                    if n == 1 and name.strip().lower() in _HEADERS and caption.strip().lower() == "caption":
+                        continue
+                rows.append((n, name.strip(), caption.strip()))
             except (ValueError, KeyError) as e:
                 raise ValueError(f"{path}:{n}: expected 'filename<TAB>caption' or a JSON object with "
                                  f"'image_path' and 'caption' ({e})") from None
     return rows
 
 
+def _path_parts(path: str) -> list[str]:
+    # Backslashes first (Windows-made caption files), then split; "" and "." parts say nothing about the place.
+    return [part for part in path.replace("\\", "/").split("/") if part not in ("", ".")]
+
+
 class ImageFolderCaptions(torch.utils.data.Dataset):
-    """Real images: root/<class>/*.{jpg,jpeg,png}; captions from TSV (filename<TAB>caption) or JSONL ({"image_path", "caption"})."""
+    """Real images: root/<class>/*.{jpg,jpeg,png}; captions from TSV (filename<TAB>caption, an optional header
+    row) or JSONL ({"image_path", "caption"}). Images without a caption row keep their class caption."""
 
     def __init__(self, root: str, caption_file: str | None = None, image_size: int = 256):
         if not os.path.isdir(root):
@@ -424,21 +442,49 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
         if not self.paths:
             raise ValueError(f"no images (*.jpg, *.jpeg, *.png) in class folders under {root}")
         self.labels = torch.tensor(labels, dtype=torch.long)
-        # "n01440764" stays as is; "golden_retriever" reads "golden retriever".
-        self.class_captions = [f"a photo of a {self.classes[y].replace('_', ' ').replace('-', ' ')}" for y in labels]
+        # Folder names become words: "golden_retriever" reads "a photo of a golden retriever". A WordNet id
+        # stays as is ("a photo of a n01440764"): a token the model can bind to the class, but not English;
+        # rename the folders (or give a caption file) for real class names.
+        self.class_captions = [f"a photo of {_a(self.classes[y].replace('_', ' ').replace('-', ' '))}" for y in labels]
         self.long_captions = list(self.class_captions)
         if caption_file is not None:
-            if not os.path.isfile(caption_file):
-                raise FileNotFoundError(f"caption file not found: {caption_file}")
-            # Match by "class/file" when the file gives it, else by file name (ImageNet names are unique).
-            index = {os.path.relpath(p, root).replace(os.sep, "/"): i for i, p in enumerate(self.paths)}
-            index.update({os.path.basename(p): i for i, p in enumerate(self.paths)})
-            for n, name, caption in _read_captions(caption_file):
-                i = index.get(name.replace("\\", "/"), index.get(os.path.basename(name)))
-                if i is None:
-                    raise ValueError(f"{caption_file}:{n}: caption for image {name!r}, which does not exist under {root}")
-                self.long_captions[i] = caption
+            self._match_captions(caption_file)
+        # Per process: each DataLoader worker holds its own copy, so a bad file is reported once per worker.
         self._unreadable: set[int] = set()
+
+    def _match_captions(self, caption_file: str) -> None:
+        """Set long_captions from the file; rows name 'class/file' (any prefix must be the end of root) or 'file'."""
+        if not os.path.isfile(caption_file):
+            raise FileNotFoundError(f"caption file not found: {caption_file}")
+        by_path = {os.path.relpath(p, self.root).replace(os.sep, "/"): i for i, p in enumerate(self.paths)}
+        by_name: dict[str, list[int]] = {}
+        for i, p in enumerate(self.paths):
+            by_name.setdefault(os.path.basename(p), []).append(i)
+        root_parts = _path_parts(os.path.abspath(self.root))
+        captioned = set()
+        for n, name, caption in _read_captions(caption_file):
+            parts = _path_parts(name)
+            if len(parts) == 1:  # a bare file name: ImageNet's are unique, but two classes may share one here
+                found = by_name.get(parts[0], [])
+                if len(found) > 1:
+                    shared = ", ".join(os.path.relpath(self.paths[i], self.root).replace(os.sep, "/") for i in found)
+                    raise ValueError(f"{caption_file}:{n}: image name {name!r} is ambiguous (shared by {shared}); "
+                                     f"name the image as 'class/file'")
+                i = found[0] if found else None
+            else:
+                # The class is part of the match: a row for "bird/0.png" must never land on "dog/0.png". A leading
+                # prefix is allowed only where it names root itself ("train/n01/x.JPEG" under .../train).
+                prefix = parts[:-2]
+                at_root = len(prefix) <= len(root_parts) and root_parts[len(root_parts) - len(prefix):] == prefix
+                i = by_path.get("/".join(parts[-2:])) if at_root else None
+            if i is None:
+                raise ValueError(f"{caption_file}:{n}: caption for image {name!r}, which does not exist under "
+                                 f"{self.root}")
+            self.long_captions[i] = caption
+            captioned.add(i)
+        if len(captioned) < len(self.paths):
+            warnings.warn(f"{len(self.paths) - len(captioned)} of {len(self.paths)} images got no caption from "
+                          f"{caption_file}; they keep their class caption", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -455,7 +501,8 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
             return to_tensor(np.array(im))  # a writable copy: torch warns on read-only buffers
 
     def __getitem__(self, i: int) -> dict:
-        # A corrupt file must not kill a DataLoader worker: warn once per file and serve the next readable one.
+        # A corrupt file must not kill a DataLoader worker: warn once per file (per worker process, see
+        # __init__) and serve the next readable one.
         for j in (k % len(self) for k in range(i, i + len(self))):
             if j in self._unreadable:
                 continue

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from augment import (CUTMIX_SETTINGS, MixedDataset, Placement, compose_caption, crop_scene, cutmix, mixed_caption,
-                     mixed_scene, random_crop)
+import augment
+from augment import (CUTMIX_SETTINGS, MixedDataset, Placement, _resize, compose_caption, crop_scene, cutmix,
+                     mixed_caption, mixed_scene, random_crop)
 from data import ImageFolderCaptions, Obj, Scene, SyntheticImageNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +53,10 @@ def test_cutmix_placement_rules():
     base, other, S = torch.zeros(3, 32, 32), torch.ones(3, 32, 32), 32
     places = {s: [cutmix(base, other, s, np.random.default_rng(i))[1] for i in range(200)] for s in CUTMIX_SETTINGS}
     assert {p.where for p in places["1/2"]} == {"right half", "bottom half"}
-    for p in places["1/4"]:  # a corner: touches two perpendicular borders
+    for p in places["1/4"]:  # a corner: touches two perpendicular borders, and the word names that corner
         l, t, r, b = p.box
         assert (l == 0 or r == S) and (t == 0 or b == S)
+        assert p.where == f"{'top' if t == 0 else 'bottom'}-{'left' if l == 0 else 'right'} corner"
     assert len({p.box for p in places["1/4"]}) == 4
     for p in places["1/9"]:  # touches the named border, free offset along it
         l, t, r, b = p.box
@@ -63,7 +66,15 @@ def test_cutmix_placement_rules():
         l, t, r, b = p.box
         assert l >= 0.05 * S and t >= 0.05 * S and r <= 0.95 * S and b <= 0.95 * S
         assert r <= 0.4 * S or l >= 0.6 * S or b <= 0.4 * S or t >= 0.6 * S
+        # The area word comes from the box centre: outside the middle band [0.4, 0.6] of an axis, that axis is named.
+        cx, cy = (l + r) / 2 / S, (t + b) / 2 / S
+        vert = "top" if cy < 0.4 else "bottom" if cy > 0.6 else None
+        horiz = "left" if cx < 0.4 else "right" if cx > 0.6 else None
+        assert p.where == "-".join(w for w in (vert, horiz) if w) + " area", (p.box, p.where)
     assert len({p.box for p in places["1/16"]}) > 30
+    assert {p.where for p in places["1/16"]} >= {"top-left area", "top area", "right area", "bottom-right area"}
+    assert {p.where for p in places["1/4"]} == {"top-left corner", "top-right corner", "bottom-left corner",
+                                               "bottom-right corner"}
     assert {p.setting for p in places["all"]} == {"1/2", "1/4", "1/9", "1/16"}
     with pytest.raises(ValueError):
         cutmix(base, other, "1/3", np.random.default_rng(0))
@@ -85,6 +96,8 @@ def test_mixed_scene_geometry():
     assert moved.x == pytest.approx(0.75) and moved.y == pytest.approx(0.25) and moved.size == pytest.approx(0.15)
     half = Placement("1/2", (16, 0, 32, 32), "right half", (32, 32))
     assert mixed_scene(STAR, CIRCLE, half).objects == STAR.objects + CIRCLE.objects  # original geometry
+    with pytest.raises(TypeError):  # no default size: (32, 32) would silently give wrong fractions at 64
+        Placement("1/4", (32, 0, 64, 32), "top-right corner")
 
 
 def captions(base, other, placement, n=30, style="long"):
@@ -138,6 +151,28 @@ def test_mixed_caption_omits_hidden_objects():
     assert all(t.endswith("of a circle") for t in captions(hidden, CIRCLE, half, n=5, style="class"))
 
 
+def test_mixed_caption_barely_visible_objects_have_no_class_word():
+    # The star is fully covered by the right half; B's orange circle mostly lies in B's left half, so only a
+    # sliver (~14%) shows in the pasted right half: under 25%, no shape may be named in the long captions.
+    hidden = Scene((Obj("star", "red", 0.12, 0.78, 0.5),), "plain")
+    sliver = Scene((Obj("circle", "orange", 0.2, 0.38, 0.5),), "plain", 0.2)
+    half = Placement("1/2", (16, 0, 32, 32), "right half", (32, 32))
+    for text in captions(hidden, sliver, half, n=10):
+        assert "the edge of an orange shape" in text and "circle" not in text and "star" not in text, text
+        assert "red" not in text, text
+    # Class style must name some class: the most visible object (the circle sliver), never the hidden star.
+    assert all(re.fullmatch(r"an? (photo|image|picture) of a circle", t)
+               for t in captions(hidden, sliver, half, n=10, style="class"))
+    # Nothing visible at all (B's circle lies wholly in its own left half): only then the base object's class.
+    gone = Scene((Obj("circle", "orange", 0.15, 0.25, 0.5),), "plain", 0.2)
+    assert all(t.endswith("of a star") for t in captions(hidden, gone, half, n=5, style="class"))
+    # The same on A's side: a yellow square almost covered by a corner inset shows ~15% of itself.
+    corner = Placement("1/4", (16, 0, 32, 16), "top-right corner", (32, 32))
+    covered = Scene((Obj("square", "yellow", 0.12, 0.58, 0.42),), "plain")
+    for text in captions(covered, CIRCLE, corner, n=10):
+        assert text.startswith("The edge of a yellow shape") and "square" not in text and "circle" in text, text
+
+
 def test_compose_caption_contains_both_texts():
     p = Placement("1/4", (16, 0, 32, 16), "top-right corner", (32, 32))
     for seed in range(6):
@@ -147,10 +182,18 @@ def test_compose_caption_contains_both_texts():
 
 def test_random_crop_and_crop_scene():
     image = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(3, 32, 32)
+    image[:, :, 5] += 1000  # not symmetric under a transpose either: swapping top and left changes the pixels
+    swaps = 0
     for seed in range(10):
         out, (l, t, r, b) = random_crop(image, np.random.default_rng(seed))
         assert out.shape == image.shape and 0 <= l < r <= 32 and 0 <= t < b <= 32
         assert r - l == b - t and r - l >= round(0.7 * 32)
+        assert torch.equal(out, _resize(image[:, t:b, l:r], 32, 32))  # the box is exactly what was cropped
+        swaps += l != t and not torch.equal(out, _resize(image[:, l:l + b - t, t:t + r - l], 32, 32))
+    assert swaps >= 5
+    wide = torch.rand(3, 24, 40)
+    out, (l, t, r, b) = random_crop(wide, np.random.default_rng(0))
+    assert 0 <= l < r <= 40 and 0 <= t < b <= 24 and torch.equal(out, _resize(wide[:, t:b, l:r], 24, 40))
     scene = Scene((Obj("star", "red", 0.2, 0.5, 0.5), Obj("circle", "blue", 0.05, 0.05, 0.05)), "plain")
     cropped = crop_scene(scene, (8, 8, 24, 24), 32)
     assert len(cropped.objects) == 1  # the corner circle is outside the crop
@@ -164,7 +207,7 @@ def synthetic():
 
 
 def test_mixed_dataset_reproducible_per_seed_and_epoch(synthetic):
-    a, b = MixedDataset(synthetic, cutmix="all", crop=True, seed=1), MixedDataset(synthetic, cutmix="all", crop=True, seed=1)
+    a, b = (MixedDataset(synthetic, cutmix="all", crop=True, seed=1) for _ in range(2))
     for i in range(0, 96, 8):
         x, y = a[i], b[i]
         assert set(x) == {"image", "caption", "mixed_image", "mixed_caption", "label", "index"}
@@ -202,10 +245,48 @@ def test_mixed_dataset_on_image_folder(tmp_path):
         for k in range(2):
             Image.new("RGB", (20, 20), color).save(tmp_path / name / f"{name}{k}.png")
     (tmp_path / "captions.tsv").write_text("cat0.png\tA red cat.\ndog1.png\tA blue dog.\n")
-    data = MixedDataset(ImageFolderCaptions(str(tmp_path), str(tmp_path / "captions.tsv"), 16), cutmix="1/4")
+    with pytest.warns(UserWarning, match="2 of 4 images got no caption"):
+        data = MixedDataset(ImageFolderCaptions(str(tmp_path), str(tmp_path / "captions.tsv"), 16), cutmix="1/4")
     item = data[0]
     assert item["caption"] == "A red cat." and "A red cat." in item["mixed_caption"]
     assert "dog" in item["mixed_caption"] and item["mixed_image"][2].max() > 0.9  # blue pasted in
+
+
+def test_mixed_dataset_never_mixes_a_class_with_itself(tmp_path):
+    # "cat" has one image, and it is junk: the folder serves the next readable image (a dog) in its place, so
+    # every partner drawn for a dog is a dog. Such items must stay unmixed rather than paste a dog onto a dog.
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "cat0.png").write_bytes(b"junk, not a png")
+    (tmp_path / "dog").mkdir()
+    for k in range(3):
+        Image.new("RGB", (20, 20), (0, 0, 60 * k)).save(tmp_path / "dog" / f"dog{k}.png")
+    data = MixedDataset(ImageFolderCaptions(str(tmp_path), image_size=16), cutmix="1/4", seed=3)
+    with pytest.warns(RuntimeWarning, match=r"unreadable image .*cat0\.png"):
+        items = [data[(epoch, i)] for epoch in range(3) for i in range(len(data))]
+    for item in items:
+        assert item["label"] == 1  # a dog, even for index 0
+        assert torch.equal(item["mixed_image"], item["image"]) and item["mixed_caption"] == item["caption"]
+    # With a readable cat the same items do mix, with the other class.
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "cat" / "cat0.png")
+    data = MixedDataset(ImageFolderCaptions(str(tmp_path), image_size=16), cutmix="1/4", seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(not torch.equal(data[i]["mixed_image"], data[i]["image"]) for i in range(len(data)))
+
+
+def test_crop_captions_keep_one_phrasing_across_epochs(synthetic, monkeypatch):
+    # With the crop box fixed, only the per-epoch rng could change the caption: it must not (a crop is not a
+    # paraphrase). The caption still follows the content: it is the exact caption of the cropped scene.
+    box = (4, 2, 30, 28)
+    monkeypatch.setattr(augment, "random_crop", lambda image, rng: (image, box))
+    data = MixedDataset(synthetic, cutmix=None, crop=True, seed=1)
+    for i in range(12):
+        texts = {data[(epoch, i)]["caption"] for epoch in range(16)} - {synthetic.long_captions[i]}
+        assert texts == {data.crop_caption(i, box, 32)}, texts
+        assert data.crop_caption(i, box, 32) == augment.long_caption(crop_scene(synthetic.scenes[i], box, 32),
+                                                                     np.random.default_rng((1, i, augment._CROP_TEXT)))
+    empty = data.crop_caption(0, (0, 0, 1, 1), 32)  # a corner pixel: the object is cropped away
+    assert empty.endswith("with nothing on it.") and synthetic.scenes[0].objects[0].shape not in empty
 
 
 def test_demo_cli_writes_png(tmp_path):

@@ -146,7 +146,8 @@ def folder(tmp_path):
 def test_image_folder_with_tsv_and_jsonl(folder, tmp_path):
     tsv = tmp_path / "captions.tsv"
     tsv.write_text("a.png\tA dog made of three colored bands.\nc.png\tA red fish.\n")
-    data = ImageFolderCaptions(str(folder), str(tsv), image_size=16)
+    with pytest.warns(UserWarning, match=r"1 of 3 images got no caption from .*captions\.tsv"):
+        data = ImageFolderCaptions(str(folder), str(tsv), image_size=16)
     assert len(data) == 3 and data.classes == ["golden_retriever", "n01440764"] and data.labels.tolist() == [0, 0, 1]
     item = data[0]
     assert set(item) == {"image", "label", "index", "class_caption", "long_caption"}
@@ -158,7 +159,77 @@ def test_image_folder_with_tsv_and_jsonl(folder, tmp_path):
     assert data[1]["long_caption"] == "a photo of a golden retriever"  # no caption: the class caption
     jsonl = tmp_path / "captions.jsonl"
     jsonl.write_text(json.dumps({"image_path": "n01440764/c.png", "caption": "A red fish."}) + "\n")
-    assert ImageFolderCaptions(str(folder), str(jsonl), image_size=16)[2]["long_caption"] == "A red fish."
+    with pytest.warns(UserWarning, match=r"2 of 3 images got no caption from .*captions\.jsonl"):
+        assert ImageFolderCaptions(str(folder), str(jsonl), image_size=16)[2]["long_caption"] == "A red fish."
+    # Every image captioned: no warning. A TSV header row on line 1 is skipped, under either column name.
+    for header in ("image_path\tcaption\n", "filename\tcaption\n", ""):
+        tsv.write_text(header + "a.png\tA.\nb.png\tB.\nc.png\tC.\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert ImageFolderCaptions(str(folder), str(tsv)).long_captions == ["A.", "B.", "C."]
+    # Without a caption file nothing is missing, so nothing is said either.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ImageFolderCaptions(str(folder))
+
+
+def test_image_folder_class_captions_use_the_right_article(tmp_path):
+    for name in ("apple", "n01440764", "umbrella", "golden_retriever", "European_robin", "unicycle"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    data = ImageFolderCaptions(str(tmp_path), image_size=8)
+    assert dict(zip(data.classes, data.class_captions)) == {
+        "apple": "a photo of an apple", "n01440764": "a photo of a n01440764", "umbrella": "a photo of an umbrella",
+        "golden_retriever": "a photo of a golden retriever", "European_robin": "a photo of a European robin",
+        "unicycle": "a photo of a unicycle"}
+
+
+def test_image_folder_caption_matching_is_exact(tmp_path):
+    """root/{cat,dog}/0.png share a bare name; cat/1.png is unique."""
+    root = tmp_path / "train"
+    for name, files in (("cat", ("0.png", "1.png")), ("dog", ("0.png",))):
+        (root / name).mkdir(parents=True)
+        for f in files:
+            Image.new("RGB", (8, 8)).save(root / name / f)
+    captions = tmp_path / "captions.tsv"
+
+    def load(text):
+        captions.write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing captions are tested above
+            return ImageFolderCaptions(str(root), str(captions), image_size=8).long_captions
+
+    # "class/file" matches exactly, also with backslashes, "./" or a prefix naming root itself; bare unique names too.
+    assert load("dog/0.png\tD\ncat\\0.png\tC0\n") == ["C0", "a photo of a cat", "D"]
+    assert load("./train/cat/1.png\tC1\n" + f"{root}/dog/0.png\tD\n") == ["a photo of a cat", "C1", "D"]
+    assert load("train\\dog\\0.png\tD\n1.png\tC1\n") == ["a photo of a cat", "C1", "D"]
+    # A directory that does not exist never falls back to the bare name (it used to land on dog/0.png).
+    with pytest.raises(ValueError, match=r"captions\.tsv:2: caption for image 'bird/0\.png', which does not exist"):
+        load("cat/1.png\tC1\nbird/0.png\tA bird.\n")
+    with pytest.raises(ValueError, match=r"captions\.tsv:1: .*'val/dog/0\.png', which does not exist"):
+        load("val/dog/0.png\tD\n")  # a prefix that is not root: another split, not these images
+    with pytest.raises(ValueError, match=r"captions\.tsv:1: .*'dog/1\.png', which does not exist"):
+        load("dog/1.png\tD\n")
+    # Two classes share "0.png": a bare name is ambiguous, whichever row came last used to win silently.
+    with pytest.raises(ValueError, match=r"captions\.tsv:2: image name '0\.png' is ambiguous.*cat/0\.png.*dog/0\.png"):
+        load("1.png\tC1\n0.png\tzero\n")
+
+
+def test_caption_file_bad_rows(folder, tmp_path):
+    rows = {"null caption": {"image_path": "a.png", "caption": None}, "int path": {"image_path": 123, "caption": "x"},
+            "no caption": {"image_path": "a.png"}}
+    for row in rows.values():
+        jsonl = tmp_path / "captions.jsonl"
+        jsonl.write_text(json.dumps({"image_path": "b.png", "caption": "fine"}) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(ValueError, match=r"captions\.jsonl:2: expected .*'image_path' and 'caption'"):
+            ImageFolderCaptions(str(folder), str(jsonl))
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text("a.png\tfine\nimage_path\tcaption\n")  # a header is only a header on line 1
+    with pytest.raises(ValueError, match=r"captions\.tsv:2: caption for image 'image_path'"):
+        ImageFolderCaptions(str(folder), str(tsv))
+    tsv.write_text("a.png has no tab\n")
+    with pytest.raises(ValueError, match=r"captions\.tsv:1: expected 'filename<TAB>caption'"):
+        ImageFolderCaptions(str(folder), str(tsv))
 
 
 def test_image_folder_errors(folder, tmp_path):
