@@ -480,6 +480,8 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
             if i is None:
                 raise ValueError(f"{caption_file}:{n}: caption for image {name!r}, which does not exist under "
                                  f"{self.root}")
+            if i in captioned:  # one caption per image: a second row is a mistake in the file, not a choice
+                raise ValueError(f"{caption_file}:{n}: a second caption for image {name!r}")
             self.long_captions[i] = caption
             captioned.add(i)
         if len(captioned) < len(self.paths):

@@ -213,6 +213,8 @@ def test_image_folder_caption_matching_is_exact(tmp_path):
     # Two classes share "0.png": a bare name is ambiguous, whichever row came last used to win silently.
     with pytest.raises(ValueError, match=r"captions\.tsv:2: image name '0\.png' is ambiguous.*cat/0\.png.*dog/0\.png"):
         load("1.png\tC1\n0.png\tzero\n")
+    with pytest.raises(ValueError, match=r"captions\.tsv:2: a second caption for image 'cat/1\.png'"):
+        load("1.png\tC1\ncat/1.png\tagain\n")
 
 
 def test_caption_file_bad_rows(folder, tmp_path):
