@@ -502,12 +502,14 @@ def main(argv: list[str] | None = None) -> Path:
         if not (run_dir / "config.json").is_file():
             raise SystemExit(f"--resume: no run at {run_dir} (expected {run_dir / 'config.json'})")
         cfg = check_resumable(json.loads((run_dir / "config.json").read_text()), cfg, given)
-    elif (run_dir / "config.json").exists() or checkpoints(run_dir):
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    if not resume and ((run_dir / "config.json").exists() or checkpoints(run_dir)):
         # A new run in an old folder would mix two logs and let the old checkpoints outlive the new ones.
         raise SystemExit(f"{run_dir} already holds a run: continue it with --resume, start another with "
                          f"--name NEW, or delete {run_dir}")
-    rank, world, device = setup_distributed(cfg)
-    master = rank == 0
+    if world > 1:
+        dist.barrier()                                  # every rank has looked at run_dir before rank 0 writes to it
     if cfg.batch_size % (world * cfg.grad_accum):
         raise SystemExit(f"--batch_size {cfg.batch_size} must be divisible by world_size x grad_accum = "
                          f"{world} x {cfg.grad_accum}")
