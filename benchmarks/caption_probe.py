@@ -12,7 +12,7 @@ For N never-trained-on single-object synthetic scenes, with fixed noise eps and 
 for c = the scene's caption, the caption of the same scene with another shape, with another color (their
 words drawn from one seed), and the empty prompt. A word the model uses costs error when it is wrong, so
 the table reports E(c') / E(c) - 1 per time. This reads a model's use of words long before a benchmark of its
-samples can: the default run's error rises 61% under a wrong color word at t = 0.7 and 1% under a wrong shape
+samples can: the default run's error rises 70% under a wrong color word at t = 0.7 and 5.5% under a wrong shape
 word, and it draws the prompted colors as blobs (docs/experiments.md). Runs trained on class names ("a photo
 of a star") are probed with class-name captions, so their color column is zero by construction. --grid
 also draws what the network makes of the noisy images: can it keep a shape that is plainly visible at low t?
