@@ -58,7 +58,6 @@ import hashlib
 import inspect
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -721,26 +720,8 @@ def format_validation(v: dict) -> str:
 #                                      CLI                                      #
 #################################################################################
 
-def _number(kind: type, least: float, expected: str) -> Callable[[str], float]:
-    """An argparse type: a finite kind(text) >= least, else argparse's error naming the flag and `expected`
-    (0 prompts or images would otherwise end in a numpy traceback far from the flag)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < least:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = _number(int, 1, "a positive integer")
-non_negative_int = _number(int, 0, "a non-negative integer")            # seeds: numpy rejects negative ones
-non_negative_float = _number(float, 0, "a non-negative number")         # guidance: 0 unconditional, 1 no guidance
-
-
 def main(argv: list[str] | None = None) -> None:
+    from sample import non_negative_float, non_negative_int, positive_int  # the CLI's number checks, shared
     parser = argparse.ArgumentParser(description="Evaluation benchmarks for text-to-image runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("shapes", help="GenEval-style compositional benchmark on the synthetic domain",

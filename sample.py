@@ -12,9 +12,11 @@ the batch size.
 """
 import argparse
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,6 +89,26 @@ def generate(pipe: Pipeline, prompts: list[str], seed: int = 0, guidance: float 
     return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
 
+def _number(kind: type, ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a finite kind(text) for which ok(value) holds, else argparse's error naming the flag and
+    `expected` (0 images or steps would otherwise end in a traceback far from the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")     # seeds: numpy rejects negative ones
+non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")  # guidance: 0 unconditional, 1 none
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+
+
 def read_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts:
@@ -107,14 +129,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--ckpt", required=True, help="run directory (runs/<name>) or one of its checkpoints/step_*")
     parser.add_argument("--prompts", help="text file with one prompt per line")
     parser.add_argument("--out", help="output folder (default: <run>/samples/<prompt set>)")
-    parser.add_argument("--images-per-prompt", type=int, default=4)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    parser.add_argument("--steps", type=int, help="ODE steps (default: the run's)")
+    parser.add_argument("--images-per-prompt", type=positive_int, default=4)
+    parser.add_argument("--guidance", type=non_negative_float, help="guidance scale (default: the run's)")
+    parser.add_argument("--steps", type=positive_int, help="ODE steps (default: the run's)")
     parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
-    parser.add_argument("--shift", type=float, default=1.0, help="time shift a in t' = a t / (1 + (a-1) t)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--scale", type=int, default=4, help="upscale factor of the saved grid")
+    parser.add_argument("--shift", type=positive_float, default=1.0, help="time shift a in t' = a t / (1 + (a-1) t)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--scale", type=positive_int, default=4, help="upscale factor of the saved grid")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import eval as E
+import sample
 from data import render
 
 
@@ -337,4 +338,4 @@ def test_cli_rejects_nonsensical_numbers(capsys, flag, value, expected):
         E.main(["shapes", "--ckpt", "/nonexistent/run", flag, value])
     assert error.value.code == 2
     assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
-    assert (E.positive_int("3"), E.non_negative_int("0"), E.non_negative_float("0")) == (3, 0, 0.0)  # bounds included
+    assert (sample.positive_int("3"), sample.non_negative_int("0"), sample.non_negative_float("0")) == (3, 0, 0.0)

@@ -114,6 +114,11 @@ def test_bad_flags_are_argparse_errors(capsys):
     with pytest.raises(SystemExit):
         sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
     assert "runs/does-not-exist" in capsys.readouterr().err
+    for flag, value, expected in (("--steps", "0", "a positive integer"), ("--shift", "0", "a positive number"),
+                                  ("--guidance", "-1", "a non-negative number")):
+        with pytest.raises(SystemExit):
+            sample.main(["--ckpt", "runs/does-not-exist", flag, value, "a red star"])
+        assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
 
 
 def test_sample_prompt_file_errors(tmp_path, capsys):
