@@ -196,7 +196,7 @@ def test_dit_dtypes_autocast_and_bf16_weights():
     ref = model(x, t, text, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, t, text, mask)
-    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16 and torch.isfinite(out).all()  # autocast ran
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
     out = model.to(torch.bfloat16)(x, t, text, mask)  # float32 inputs into a bf16 model
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
