@@ -97,6 +97,14 @@ def test_epoch_batches_deal_disjoint_shards_and_resume_mid_epoch():
     assert batches(0, 4, start=5) == stream[5:9]                               # a resumed sampler skips ahead
 
 
+def test_resume_rejects_a_different_config(tmp_path):
+    run(tmp_path, "--name", "r", "--steps", "2")
+    with pytest.raises(SystemExit, match="--patch_size: checkpoint has 8, asked 4"):
+        run(tmp_path, "--name", "r", "--resume", "--patch_size", "4")
+    with pytest.raises(SystemExit, match="no run at"):
+        run(tmp_path, "--name", "missing", "--resume")
+
+
 def test_bad_flags_are_argparse_errors(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--model", "huge"])
