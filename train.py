@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from augment import CUTMIX_SETTINGS, MixedDataset
-from data import ImageFolderCaptions, SyntheticImageNet, image_grid, save_png, to_uint8
+from data import OBJECT_RANGES, ImageFolderCaptions, SyntheticImageNet, image_grid, save_png, to_uint8
 from diffusion import flow_matching_loss, mix_mask, pad_tokens, sample, sample_t
 from model import DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, count_parameters
 
@@ -69,6 +69,7 @@ class Config:
     caption_file: str = ""              # image folder captions: TSV filename<TAB>caption, or JSONL
     num_images: int = 20000             # synthetic: a finite set, as ImageNet is finite
     image_size: int = 32                # pixels (synthetic: 32 or 64)
+    objects: str = "varied"             # synthetic: object ranges, "varied" or "centered" (data.OBJECT_RANGES)
     # the paper's recipe
     captions: str = "long"              # "long" (TA) or "class" (the AIO baseline: "a photo of a star")
     cutmix: str = "all"                 # IA: "none" or a CutMix setting (1/2, 1/4, 1/9, 1/16, all)
@@ -138,10 +139,10 @@ RESUMABLE_FIELDS = {"name", "out_dir", "steps", "time_budget", "device", "compil
 POSITIVE_FIELDS = ("num_images", "image_size", "steps", "batch_size", "grad_accum", "max_text_length", "log_every",
                    "sample_every", "ckpt_every", "keep_ckpts", "sample_steps")
 
-CHOICES = {"model": tuple(DIT_SIZES), "captions": ("long", "class"), "cutmix": ("none",) + CUTMIX_SETTINGS,
-           "lr_schedule": ("constant", "cosine"), "t_schedule": ("logit_normal", "uniform"),
-           "pos_embed": ("sincos", "rope"), "prediction": ("v", "x"), "loss": ("v", "x"),
-           "dtype": ("auto", "bfloat16", "float32")}
+CHOICES = {"model": tuple(DIT_SIZES), "objects": tuple(OBJECT_RANGES), "captions": ("long", "class"),
+           "cutmix": ("none",) + CUTMIX_SETTINGS, "lr_schedule": ("constant", "cosine"),
+           "t_schedule": ("logit_normal", "uniform"), "pos_embed": ("sincos", "rope"), "prediction": ("v", "x"),
+           "loss": ("v", "x"), "dtype": ("auto", "bfloat16", "float32")}
 
 # Fixed prompts for the sample grids: single objects, attributes, and two-object layouts.
 SAMPLE_PROMPTS = [
@@ -200,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
 
 def build_dataset(cfg: Config) -> MixedDataset:
     if cfg.data == "synthetic":
-        base = SyntheticImageNet(cfg.num_images, cfg.image_size, seed=cfg.seed)
+        base = SyntheticImageNet(cfg.num_images, cfg.image_size, seed=cfg.seed, objects=cfg.objects)
     else:
         base = ImageFolderCaptions(cfg.data, cfg.caption_file or None, cfg.image_size)
     cutmix = None if cfg.cutmix == "none" else cfg.cutmix
@@ -444,7 +445,7 @@ class HeldOutLoss:
 
     def __init__(self, train_set: MixedDataset, cfg: Config, n: int = 512):
         seen = train_set.base
-        unseen = SyntheticImageNet(n, cfg.image_size, seed=cfg.seed + 7919)          # new scenes, never trained on
+        unseen = SyntheticImageNet(n, cfg.image_size, seed=cfg.seed + 7919, objects=cfg.objects)  # never trained on
         self.sets, self.weighting = {}, cfg.loss
         for name, ds in (("heldout", unseen), ("train", seen)):
             idx = range(min(n, len(ds)))

@@ -51,7 +51,7 @@ def caption_variants(scene: Scene, rng: np.random.Generator, kind: str = "long")
 def probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, str]]]:
     """New scenes: images x0 (N,3,H,W), noise of the same shape, and each scene's caption variants."""
     rng = np.random.default_rng([seed, 104729])                         # not a training seed's stream
-    scenes = [random_scene(rng) for _ in range(num_images)]
+    scenes = [random_scene(rng, pipe.config.objects) for _ in range(num_images)]     # the run's own kind of scenes
     x0 = torch.stack([to_tensor(render(s, pipe.image_size)) for s in scenes])
     variants = [caption_variants(s, rng, pipe.config.captions) for s in scenes]
     return x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)), variants

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import (BACKGROUNDS, COLORS, SHAPES, SIZES, ImageFolderCaptions, Obj, Scene, SyntheticImageNet,
+from data import (BACKGROUNDS, COLORS, OBJECT_RANGES, SHAPES, SIZES, ImageFolderCaptions, Obj, Scene, SyntheticImageNet,
                   class_caption, long_caption, position_name, random_scene, relation_name, render, render_masks,
                   size_name, to_uint8)
 
@@ -121,6 +121,25 @@ def test_synthetic_imagenet_determinism_and_consistency():
     assert to_uint8(torch.stack([item["image"]] * 2)).shape == (2, 32, 32, 3)
     assert SyntheticImageNet(4, 64, seed=0).images.shape == (4, 64, 64, 3)
     assert class_caption(a.scenes[0], np.random.default_rng(0)).endswith(a.scenes[0].objects[0].shape)
+
+
+def test_object_ranges():
+    """Each world keeps its objects in its ranges; the same seed draws the same shapes, colors and backgrounds
+    in both (the ranges only rescale the draws), so the two are the same data made easier."""
+    varied, centered = (SyntheticImageNet(200, 32, seed=1, objects=k) for k in ("varied", "centered"))
+    for world, r in ((varied, OBJECT_RANGES["varied"]), (centered, OBJECT_RANGES["centered"])):
+        objs = [s.objects[0] for s in world.scenes]
+        sizes = np.array([o.size for o in objs])
+        offsets = np.abs(np.array([(o.x, o.y) for o in objs]) - 0.5)
+        tilts = np.abs([o.rotation for o in objs])
+        assert r["radius"][0] <= sizes.min() and sizes.max() <= r["radius"][1]
+        assert offsets.max() <= r["jitter"] and offsets.max() > 0.8 * r["jitter"]  # the whole range is used
+        assert tilts.max() <= r["tilt"] and tilts.max() > 0.8 * r["tilt"]
+    assert r["radius"][0] > OBJECT_RANGES["varied"]["radius"][0] and r["jitter"] < OBJECT_RANGES["varied"]["jitter"]
+    assert [(s.objects[0].shape, s.objects[0].color, s.background) for s in varied.scenes] == \
+           [(s.objects[0].shape, s.objects[0].color, s.background) for s in centered.scenes]
+    with pytest.raises(ValueError, match="unknown objects 'huge'.*varied"):
+        random_scene(np.random.default_rng(0), "huge")
 
 
 #################################################################################
