@@ -25,7 +25,9 @@ self-attention by the patch's row (half of each head's dims) and column (other h
 no image position, so cross-attention never uses RoPE.
 
 Text: WordTokenizer + LearnedTextEncoder (a small transformer trained jointly, the offline default) or
-HFTextEncoder (a frozen Hugging Face encoder; the paper uses the Flan-T5-XL encoder, width 2048).
+HFTextEncoder (a frozen Hugging Face encoder; the paper uses the Flan-T5-XL encoder, width 2048). Captions come
+padded to the batch's longest; on a CPU the per-token Linears (text encoder, text projection, cross-attention
+keys/values) run on the real tokens only (on_real_tokens), the attention on the padded layout with its mask.
 
 Output: the velocity v = eps - x0 (diffusion.py's convention). With prediction="x" the final layer predicts
 the clean image x0 instead and forward returns v = (x_t - x0) / max(t, 0.05): a wide patch (8x8x3 = 192
@@ -108,6 +110,30 @@ class WordTokenizer:
 
 
 #################################################################################
+#                           Padding-free Text Tokens                            #
+#################################################################################
+
+def real_token_index(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Flat indices (n_real,) of the True entries of a (B,L) padding mask, or None: nothing to skip.
+
+    Captions padded to the batch's longest are about half padding (mixed captions are twice as long as plain
+    ones), and on a CPU every padded token costs as much as a real one in each Linear. Only there: on a GPU
+    nonzero() would wait for the device every step, and compiled graphs want fixed shapes."""
+    if mask is None or mask.device.type != "cpu" or torch.compiler.is_compiling() or bool(mask.all()):
+        return None
+    return mask.flatten().nonzero().squeeze(1)
+
+
+def on_real_tokens(layer, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """layer(x) for a per-token layer on x (B,L,C), computed on the real tokens only; padding gets zeros.
+    Exact where padding is masked out downstream (attention keys, masked means)."""
+    if index is None:
+        return layer(x)
+    y = layer(x.flatten(0, 1).index_select(0, index))                                     # (n_real,C')
+    return y.new_zeros(x.shape[0] * x.shape[1], y.shape[-1]).index_copy(0, index, y).view(*x.shape[:2], -1)
+
+
+#################################################################################
 #                                Attention Layers                               #
 #################################################################################
 
@@ -142,14 +168,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
+        """index: real_token_index of the key mask, so that padded tokens skip the projections."""
         B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B,h,N,d)
+        qkv = on_real_tokens(self.qkv, x, index)
+        q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)          # 3 x (B,h,N,d)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return on_real_tokens(self.proj, out.transpose(1, 2).reshape(B, N, D), index)
 
 
 class CrossAttention(nn.Module):
@@ -164,10 +192,12 @@ class CrossAttention(nn.Module):
         self.k_norm = RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor, attn_mask: torch.Tensor,
+                text_index: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         q = self.q(x).view(B, N, self.heads, D // self.heads).transpose(1, 2)                # (B,h,N,d)
-        k, v = self.kv(text).view(B, text.shape[1], 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        kv = on_real_tokens(self.kv, text, text_index)                                      # (B,L,2D)
+        k, v = kv.view(B, text.shape[1], 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=attn_mask)  # mask (B,1,1,L)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
@@ -187,9 +217,9 @@ class TextBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = Mlp(width, 4 * width)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, index=index)
+        return x + on_real_tokens(self.mlp, self.norm2(x), index)
 
 
 class LearnedTextEncoder(nn.Module):
@@ -213,8 +243,9 @@ class LearnedTextEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
         attn_mask = None if mask is None else mask[:, None, None, :]           # (B,1,1,L): keys only
+        index = real_token_index(mask)
         for block in self.blocks:
-            x = block(x, attn_mask)
+            x = block(x, attn_mask, index)
         return self.norm(x)
 
 
@@ -314,10 +345,10 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Linear(hidden_size, 6 * hidden_size)           # input is SiLU(c)
 
-    def forward(self, x, c, text, text_attn_mask, rope):
+    def forward(self, x, c, text, text_attn_mask, text_index, rope):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        x = x + self.cross_attn(self.norm2(x), text, text_attn_mask)
+        x = x + self.cross_attn(self.norm2(x), text, text_attn_mask, text_index)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
         return x
 
@@ -408,14 +439,15 @@ class DiT(nn.Module):
         # A caption with no real token (our tokenizers always emit BOS or </s>, so only a caller's mask) would
         # make the softmax 0/0, NaN on some PyTorch versions: let such a row attend to all of its tokens.
         text_mask = text_mask | ~text_mask.any(dim=1, keepdim=True)
-        text = self.text_proj(text.to(dtype))                                   # (B,L,D)
+        text_index = real_token_index(text_mask)                               # CPU: skip the padding
+        text = on_real_tokens(self.text_proj, text.to(dtype), text_index)       # (B,L,D), zeros at padding
         m = text_mask.unsqueeze(-1).float()
         pooled = ((text.float() * m).sum(1) / m.sum(1)).to(text.dtype)         # (B,D) masked mean, f32 sum
         c = F.silu(self.t_embedder(t) + self.text_pool_mlp(pooled))            # (B,D), SiLU once for all adaLNs
 
         attn_mask = text_mask[:, None, None, :]                                 # (B,1,1,L)
         for block in self.blocks:
-            x = block(x, c, text, attn_mask, rope)                              # (B,N,D)
+            x = block(x, c, text, attn_mask, text_index, rope)                  # (B,N,D)
         out = self.unpatchify(self.final_layer(x, c))                          # (B,C,H,W)
         if self.prediction == "x":                                             # out is x0: v = (x_t - x0) / t
             return (x_t - out) / t.clamp_min(0.05).view(-1, 1, 1, 1)

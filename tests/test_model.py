@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+import model as model_module
 from model import (DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, apply_rope,
-                   count_parameters, rope_2d)
+                   count_parameters, real_token_index, rope_2d)
 
 CAPTIONS = ["A red star on a striped background.", "a small blue circle, in the top-left corner",
             "The red star is to the left of the blue circle.", "a photo of a heart"]
@@ -78,6 +79,30 @@ def test_learned_text_encoder_ignores_padding():
     out_padded = enc(padded, torch.tensor([[True] * 4 + [False] * 2]))
     torch.testing.assert_close(out_padded[:, :4], out, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(enc(torch.tensor([[2, 5, 6, 8]]), None), out)  # a real token does matter
+
+
+def test_real_tokens_only_gives_the_padded_result_and_gradients(monkeypatch):
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True], [True, False, False, False]])
+    assert real_token_index(mask).tolist() == [0, 1, 4, 5, 6, 7, 8]
+    assert real_token_index(torch.ones(2, 3, dtype=torch.bool)) is None and real_token_index(None) is None
+
+    torch.manual_seed(0)
+    model = perturbed(TextToImage(tiny_dit(), LearnedTextEncoder(vocab_size=20, width=16, depth=2, heads=2)))
+    x, t, ids = torch.randn(3, 3, 8, 8), torch.rand(3), torch.randint(3, 20, (3, 4))
+
+    def output_and_grads():
+        model.zero_grad()
+        out = model(x, t, ids, mask)
+        (out ** 2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    packed, packed_grads = output_and_grads()
+    monkeypatch.setattr(model_module, "real_token_index", lambda mask: None)     # every Linear on every token
+    padded, padded_grads = output_and_grads()
+    torch.testing.assert_close(packed, padded, atol=1e-6, rtol=1e-5)
+    assert len(packed_grads) == len(padded_grads) == sum(1 for _ in model.parameters())
+    for g_packed, g_padded in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(g_packed, g_padded, atol=1e-5, rtol=1e-4)   # sums in another order
 
 
 def test_text_to_image_with_learned_encoder():
