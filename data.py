@@ -185,9 +185,9 @@ def render_masks(scene: Scene, size: int = 32) -> np.ndarray:
 
 
 # How a synthetic scene places its one object: radius range, centre 0.5 +- jitter, tilt +- degrees.
-# "varied" (the default) is the harder world, ImageNet-like in its variety. "centered" is easier: larger objects
-# near the centre, upright; there the tiny model learns to draw the shapes, in a few thousand steps rather than
-# the default's ten minutes (docs/experiments.md, "Shapes at last").
+# "varied" is the harder world, ImageNet-like in its variety. "centered" is easier: larger objects near the centre,
+# upright; there the tiny model starts to draw the shapes within the ten-minute CPU run, so train.py's cpu preset
+# uses it (docs/experiments.md, "Shapes at last" and after).
 OBJECT_RANGES: dict[str, dict] = {
     "varied": dict(radius=(0.15, 0.36), jitter=0.15, tilt=30.0),
     "centered": dict(radius=(0.2, 0.36), jitter=0.08, tilt=8.0),

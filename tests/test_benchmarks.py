@@ -53,5 +53,5 @@ def test_caption_probe_on_a_trained_run(tmp_path):
     pipe.model.dit.initialize_weights()
     errors = caption_probe.probe(pipe, num_images=16, times=(0.5,), batch_size=5)
     rng = np.random.default_rng([0, 104729])
-    x0 = torch.stack([to_tensor(render(random_scene(rng))) for _ in range(16)])
+    x0 = torch.stack([to_tensor(render(random_scene(rng, pipe.config.objects))) for _ in range(16)])
     assert all(abs(e - float((x0 ** 2).mean())) < 1e-6 for e in errors[0.5].values())
