@@ -78,7 +78,7 @@ class Config:
     p_mix: float = 0.5                  # ... and then with probability p_mix
     cond_dropout: float = 0.1           # caption -> "" (the guidance null) with this probability
     t_schedule: str = "logit_normal"    # training times: logit-normal, t = sigmoid(t_mean + z), or uniform
-    t_mean: float = 0.0                 # logit-normal location: > 0 trains more at high noise (colors, layout, shape words)
+    t_mean: float = 0.0                 # logit-normal location: > 0 trains more at high noise (colors, layout, shapes)
     loss: str = "v"                     # "v": velocity MSE; "x": weighted by t^2 (= clean-image MSE), less at low noise
     # model
     model: str = "tiny"                 # a key of model.DIT_SIZES
