@@ -118,7 +118,7 @@ def markdown(results: dict, args: argparse.Namespace, hours: float) -> str:
                      f"{best['heldout_loss']:.4f} ({best['step']}) |")
     lines += ["", f"Setting: preset {args.preset}, {args.steps} steps, {args.num_images} training images, "
               f"{args.per_category} prompts per category x {args.images_per_prompt} images, seeds {args.seeds}; "
-              f"wall time {hours:.2f} h."]
+              f"this invocation took {hours:.2f} h (finished runs and cached scores are reused, not redone)."]
     return "\n".join(lines) + "\n"
 
 
