@@ -1,7 +1,7 @@
 """
 The paper's ablation in miniature: AIO vs TA vs TA+IA vs TA+IA+crop, at equal compute.
 
-    python benchmarks/ablation.py --steps 1000 --evals 4 --images-per-prompt 1   # the README's run: ~1 h, 2 cores
+    python benchmarks/ablation.py --steps 2600 --evals 2 --images-per-prompt 1   # the README's run: ~30 min, 2 cores
     python benchmarks/ablation.py --preset gpu --steps 4000 --seeds 0 1 --per-category 50 --images-per-prompt 4
 
 Every recipe trains from the same seed with the same model, steps and batch on a FINITE synthetic dataset
