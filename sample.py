@@ -70,7 +70,7 @@ def load_pipeline(run_dir: str, device: str | None = None, ema: bool = True) -> 
 @torch.no_grad()
 def generate(pipe: Pipeline, prompts: list[str], seed: int = 0, guidance: float | None = None,
              steps: int | None = None, method: str = "euler", shift: float = 1.0, batch_size: int = 64,
-             progress: bool = True) -> np.ndarray:
+             guidance_interval: tuple[float, float] = (0.0, 1.0), progress: bool = True) -> np.ndarray:
     """One image per prompt entry -> uint8 (N, H, W, 3). Defaults for guidance/steps come from the run's config."""
     cfg, s = pipe.config, pipe.image_size
     guidance = cfg.guidance if guidance is None else guidance
@@ -84,7 +84,8 @@ def generate(pipe: Pipeline, prompts: list[str], seed: int = 0, guidance: float 
         text, mask = pipe.condition(prompts[i:i + batch_size])
         # Captions are encoded once per batch; the ODE then calls the DiT alone, steps (x2 for guidance) times.
         x = sample(model.dit, noise[i:i + batch_size].to(pipe.device), model.encode_text(text, mask), mask,
-                   null_text, null_mask, steps=steps, method=method, guidance=guidance, shift=shift)
+                   null_text, null_mask, steps=steps, method=method, guidance=guidance, shift=shift,
+                   guidance_interval=guidance_interval)
         out.append(to_uint8(x.clamp(-1, 1).cpu()))
     return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
@@ -107,6 +108,7 @@ positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")     # seeds: numpy rejects negative ones
 non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")  # guidance: 0 unconditional, 1 none
 positive_float = _number(float, lambda v: v > 0, "a positive number")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def read_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--guidance", type=non_negative_float, help="guidance scale (default: the run's)")
     parser.add_argument("--steps", type=positive_int, help="ODE steps (default: the run's)")
     parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    parser.add_argument("--guidance-interval", type=unit_float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                        help="guide only where LO <= t <= HI (default: 0 1, every step)")
     parser.add_argument("--shift", type=positive_float, default=1.0, help="time shift a in t' = a t / (1 + (a-1) t)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=64)
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args(argv)
+    if args.guidance_interval[0] > args.guidance_interval[1]:
+        parser.error(f"--guidance-interval: LO must not exceed HI, got {args.guidance_interval[0]} "
+                     f"{args.guidance_interval[1]}")
     prompts = read_prompts(args, parser)
     try:
         pipe = load_pipeline(args.ckpt, args.device, ema=not args.no_ema)
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     n = args.images_per_prompt
     images = generate(pipe, [p for p in prompts for _ in range(n)], seed=args.seed, guidance=args.guidance,
-                      steps=args.steps, method=args.sampler, shift=args.shift, batch_size=args.batch_size)
+                      steps=args.steps, method=args.sampler, shift=args.shift, batch_size=args.batch_size,
+                      guidance_interval=tuple(args.guidance_interval))
     run_dir = pipe.checkpoint.parent.parent
     out = Path(args.out) if args.out else run_dir / "samples" / f"{pipe.checkpoint.name}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)

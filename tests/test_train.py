@@ -133,6 +133,26 @@ def test_bad_flags_are_argparse_errors(capsys):
         with pytest.raises(SystemExit):
             sample.main(["--ckpt", "runs/does-not-exist", flag, value, "a red star"])
         assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", "runs/does-not-exist", "--guidance-interval", "0", "2", "a red star"])
+    assert "argument --guidance-interval: expected a number in [0, 1], got '2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", "runs/does-not-exist", "--guidance-interval", "0.8", "0.2", "a red star"])
+    assert "--guidance-interval: LO must not exceed HI, got 0.8 0.2" in capsys.readouterr().err
+
+
+def test_sample_passes_the_guidance_interval_to_the_sampler(tmp_path, monkeypatch):
+    run_dir = run(tmp_path, "--name", "gi", "--steps", "1")
+    seen, real_sample = [], sample.sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["guidance_interval"])
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(sample, "sample", spy)
+    sample.main(["--ckpt", str(run_dir), "--steps", "2", "--guidance-interval", "0.3", "1", "--images-per-prompt", "1",
+                 "--out", str(tmp_path / "png"), "a red star"])
+    assert seen == [(0.3, 1.0)]
 
 
 def test_sample_prompt_file_errors(tmp_path, capsys):
