@@ -7,7 +7,7 @@ Generate images from a trained run: prompts in, PNGs and a grid out.
 The run directory holds config.json (how to rebuild the model), vocab.json (learned text encoder) and
 checkpoints/step_*/; the latest checkpoint's EMA weights are used unless --no-ema. Sampling integrates the
 flow-matching ODE from t = 1 (noise) to t = 0 with classifier-free guidance against the empty prompt
-(diffusion.sample). Image i of a call starts from noise i of one seeded stream, so results do not depend on
+(diffusion.sample; --guidance-interval LO HI guides only where LO <= t <= HI). Image i of a call starts from noise i of one seeded stream, so results do not depend on
 the batch size.
 """
 import argparse
