@@ -587,12 +587,13 @@ def write_dpg_layout(out_dir: str, prompt_ids: list[str], images_per_prompt: np.
 
 def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4, seed: int = 0,
                     out_dir: str | None = None, judge: Judge | None = None, guidance: float | None = None,
-                    steps: int | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+                    steps: int | None = None, batch_size: int = 64,
+                    guidance_interval: tuple[float, float] = (0.0, 1.0), progress: bool = True) -> dict:
     """Generate the benchmark's images, judge them, and (with out_dir) write the report.
 
-    generate: a sample.Pipeline (sampled by sample.generate with seed/guidance/steps/batch_size, the run's
-    guidance and steps by default), or any callable prompts -> uint8 (N, H, W, 3), one image per entry
-    (e.g. an ablation's model in memory; guidance/steps/batch_size are then the callable's business).
+    generate: a sample.Pipeline (sampled by sample.generate with seed/guidance/steps/batch_size/guidance_interval,
+    the run's guidance and steps by default), or any callable prompts -> uint8 (N, H, W, 3), one image per entry
+    (e.g. an ablation's model in memory; the sampling settings are then the callable's business).
     Returns {"accuracy": {category | "overall": {accuracy, ci_low, ci_high, prompts}}, "prompts": [...], ...}.
     """
     prompts = make_prompts(per_category, seed)
@@ -603,7 +604,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
         guidance = generate.config.guidance if guidance is None else guidance
         steps = generate.config.sample_steps if steps is None else steps
         images = sample.generate(generate, [m["prompt"] for m in metadatas], seed=seed, guidance=guidance,
-                                 steps=steps, batch_size=batch_size, progress=progress)
+                                 steps=steps, batch_size=batch_size, guidance_interval=guidance_interval,
+                                 progress=progress)
     else:
         images = generate([m["prompt"] for m in metadatas])
     images = np.asarray(images)
@@ -621,7 +623,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
         "accuracy": bootstrap_accuracy({t: per_prompt[tags == t] for t in CATEGORIES}, seed=seed),
         "attribute_accuracy": bootstrap_accuracy({t: loose[tags == t] for t in ATTRIBUTE_CATEGORIES}, seed=seed),
         "settings": {"per_category": per_category, "images_per_prompt": images_per_prompt, "seed": seed,
-                     "guidance": guidance, "steps": steps, "image_size": int(images.shape[1]),
+                     "guidance": guidance, "steps": steps, "guidance_interval": list(guidance_interval),
+                     "image_size": int(images.shape[1]),
                      "checkpoint": str(getattr(generate, "checkpoint", ""))},
         "seconds": {"generate": round(generate_seconds, 2), "judge": round(time.time() - start, 2)},
         "prompts": [{**p.metadata, "correct": per_prompt[i].tolist(), "correct_any_shape": loose[i].tolist(),
@@ -721,7 +724,7 @@ def format_validation(v: dict) -> str:
 #################################################################################
 
 def main(argv: list[str] | None = None) -> None:
-    from sample import non_negative_float, non_negative_int, positive_int  # the CLI's number checks, shared
+    from sample import non_negative_float, non_negative_int, positive_int, unit_float  # the CLI's number checks
     parser = argparse.ArgumentParser(description="Evaluation benchmarks for text-to-image runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("shapes", help="GenEval-style compositional benchmark on the synthetic domain",
@@ -735,6 +738,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="seeds the prompt set, the sampling noise and the bootstrap")
     p.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale (default: the run's)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--guidance-interval", type=unit_float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="guide only where LO <= t <= HI (default: 0 1, every step)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="sampling batch size (default 64)")
     p.add_argument("--device", help="cuda, cpu, mps (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -744,6 +749,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="no model needed: print the judge's accuracy on ground-truth renders, noise and blank "
                         "images, and its shape/color confusion")
     args = parser.parse_args(argv)
+    if args.guidance_interval[0] > args.guidance_interval[1]:
+        lo, hi = args.guidance_interval
+        p.error(f"--guidance-interval: LO must not exceed HI, got {lo} {hi}")
     if not args.validate and not args.ckpt:
         p.error("--ckpt is required (or --validate)")
     if args.ckpt and not os.path.isdir(args.ckpt):
@@ -757,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = os.path.dirname(os.path.dirname(str(pipe.checkpoint)))     # runs/<name>/checkpoints/step_* -> runs/<name>
     out = args.out or os.path.join(run_dir, "eval", "shapes")
     results = evaluate_shapes(pipe, args.per_category, args.images_per_prompt, args.seed, out, judge,
-                              args.guidance, args.steps, args.batch_size)
+                              args.guidance, args.steps, args.batch_size, tuple(args.guidance_interval))
     print(report_tables(results))
     print(f"generation {results['seconds']['generate']:.1f}s, judge {results['seconds']['judge']:.1f}s; "
           f"wrote results.json, results.md, grid_<category>.png and geneval/ to {out}")

@@ -285,6 +285,26 @@ def test_frechet_distance_with_fewer_samples_than_dimensions(monkeypatch):
 #                                  End to End                                   #
 #################################################################################
 
+def test_evaluate_shapes_samples_a_pipeline_with_its_settings(judge, monkeypatch):
+    scenes = {p.metadata["prompt"]: p.scene for p in E.make_prompts(per_category=2, seed=0)}
+    seen = {}
+
+    def fake_generate(pipe, prompts, **settings):       # stands in for sample.generate: records, then draws the truth
+        seen.update(settings)
+        return np.stack([render(scenes[t]) for t in prompts])
+
+    class Pipeline:                                      # what evaluate_shapes reads of a sample.Pipeline
+        image_size, checkpoint = 32, "runs/x/checkpoints/step_0000001"
+        config = type("Config", (), {"guidance": 5.0, "sample_steps": 30})
+
+    monkeypatch.setattr(sample, "generate", fake_generate)
+    results = E.evaluate_shapes(Pipeline(), per_category=2, images_per_prompt=1, judge=judge, steps=7,
+                                guidance_interval=(0.3, 1.0), progress=False)
+    assert (seen["guidance"], seen["steps"], seen["guidance_interval"]) == (5.0, 7, (0.3, 1.0))
+    assert results["settings"]["guidance_interval"] == [0.3, 1.0] and results["settings"]["steps"] == 7
+    assert results["accuracy"]["overall"]["accuracy"] >= 0.95
+
+
 def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     scenes = {}
     for p in E.make_prompts(per_category=3, seed=0):
@@ -324,6 +344,15 @@ def test_cli_names_a_missing_run_dir(capsys):
     with pytest.raises(SystemExit):
         E.main(["shapes", "--ckpt", "/nonexistent/run"])
     assert "/nonexistent/run" in capsys.readouterr().err
+
+
+def test_cli_checks_the_guidance_interval(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["shapes", "--ckpt", "/nonexistent/run", "--guidance-interval", "0", "2"])
+    assert "argument --guidance-interval: expected a number in [0, 1], got '2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        E.main(["shapes", "--ckpt", "/nonexistent/run", "--guidance-interval", "0.8", "0.2"])
+    assert "--guidance-interval: LO must not exceed HI, got 0.8 0.2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value, expected", [
