@@ -724,7 +724,8 @@ def format_validation(v: dict) -> str:
 #################################################################################
 
 def main(argv: list[str] | None = None) -> None:
-    from sample import non_negative_float, non_negative_int, positive_int, unit_float  # the CLI's number checks
+    # The CLI checks are sample.py's, so both command lines reject the same values with the same words.
+    from sample import guidance_interval, non_negative_float, non_negative_int, positive_int, unit_float
     parser = argparse.ArgumentParser(description="Evaluation benchmarks for text-to-image runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("shapes", help="GenEval-style compositional benchmark on the synthetic domain",
@@ -749,9 +750,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="no model needed: print the judge's accuracy on ground-truth renders, noise and blank "
                         "images, and its shape/color confusion")
     args = parser.parse_args(argv)
-    if args.guidance_interval[0] > args.guidance_interval[1]:
-        lo, hi = args.guidance_interval
-        p.error(f"--guidance-interval: LO must not exceed HI, got {lo} {hi}")
+    interval = guidance_interval(p, args.guidance_interval)
     if not args.validate and not args.ckpt:
         p.error("--ckpt is required (or --validate)")
     if args.ckpt and not os.path.isdir(args.ckpt):
@@ -765,7 +764,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = os.path.dirname(os.path.dirname(str(pipe.checkpoint)))     # runs/<name>/checkpoints/step_* -> runs/<name>
     out = args.out or os.path.join(run_dir, "eval", "shapes")
     results = evaluate_shapes(pipe, args.per_category, args.images_per_prompt, args.seed, out, judge,
-                              args.guidance, args.steps, args.batch_size, tuple(args.guidance_interval))
+                              args.guidance, args.steps, args.batch_size, interval)
     print(report_tables(results))
     print(f"generation {results['seconds']['generate']:.1f}s, judge {results['seconds']['judge']:.1f}s; "
           f"wrote results.json, results.md, grid_<category>.png and geneval/ to {out}")

@@ -7,8 +7,8 @@ Generate images from a trained run: prompts in, PNGs and a grid out.
 The run directory holds config.json (how to rebuild the model), vocab.json (learned text encoder) and
 checkpoints/step_*/; the latest checkpoint's EMA weights are used unless --no-ema. Sampling integrates the
 flow-matching ODE from t = 1 (noise) to t = 0 with classifier-free guidance against the empty prompt
-(diffusion.sample; --guidance-interval LO HI guides only where LO <= t <= HI). Image i of a call starts from noise i of one seeded stream, so results do not depend on
-the batch size.
+(diffusion.sample; --guidance-interval LO HI guides only where LO <= t <= HI). Image i of a call starts from
+noise i of one seeded stream, so results do not depend on the batch size.
 """
 import argparse
 import json
@@ -111,6 +111,14 @@ positive_float = _number(float, lambda v: v > 0, "a positive number")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def guidance_interval(parser: argparse.ArgumentParser, values: list[float]) -> tuple[float, float]:
+    """--guidance-interval LO HI (each checked by unit_float) as a tuple; LO > HI is a usage error."""
+    lo, hi = values
+    if lo > hi:
+        parser.error(f"--guidance-interval: LO must not exceed HI, got {lo} {hi}")
+    return lo, hi
+
+
 def read_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts:
@@ -144,9 +152,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     args = parser.parse_args(argv)
-    if args.guidance_interval[0] > args.guidance_interval[1]:
-        parser.error(f"--guidance-interval: LO must not exceed HI, got {args.guidance_interval[0]} "
-                     f"{args.guidance_interval[1]}")
+    interval = guidance_interval(parser, args.guidance_interval)
     prompts = read_prompts(args, parser)
     try:
         pipe = load_pipeline(args.ckpt, args.device, ema=not args.no_ema)
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
     n = args.images_per_prompt
     images = generate(pipe, [p for p in prompts for _ in range(n)], seed=args.seed, guidance=args.guidance,
                       steps=args.steps, method=args.sampler, shift=args.shift, batch_size=args.batch_size,
-                      guidance_interval=tuple(args.guidance_interval))
+                      guidance_interval=interval)
     run_dir = pipe.checkpoint.parent.parent
     out = Path(args.out) if args.out else run_dir / "samples" / f"{pipe.checkpoint.name}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
