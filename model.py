@@ -329,7 +329,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 #################################################################################
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)                    # x (B,N,D), shift/scale (B,D)
+    """x * (1 + scale) + shift, written x + x * scale + shift: under bf16 autocast scale arrives in bf16, where
+    1 + scale rounds to steps of 2^-7 and the small scales adaLN-Zero starts from would be lost. addcmul
+    promotes to x's dtype (float32, the residual stream's). x (B,N,D), shift/scale (B,D)."""
+    return torch.addcmul(x + shift.unsqueeze(1), x, scale.unsqueeze(1))
 
 
 class DiTBlock(nn.Module):

@@ -227,6 +227,18 @@ def test_dit_dtypes_autocast_and_bf16_weights():
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+def test_modulate_keeps_small_bf16_scales():
+    # Under bf16 autocast the adaLN Linear hands modulate a bf16 scale; early in training (adaLN-Zero) it is
+    # ~1e-3, below bf16's step of 2^-7 at 1, so x * (1 + scale) in bf16 would drop it altogether.
+    torch.manual_seed(0)
+    x, shift, scale = torch.randn(2, 5, 8), torch.zeros(2, 8), torch.full((2, 8), 1e-3)
+    ref = model_module.modulate(x, shift, scale)
+    out = model_module.modulate(x, shift.bfloat16(), scale.bfloat16())
+    assert out.dtype == torch.float32
+    assert ((out - x) - (ref - x)).abs().max() < 0.01 * (ref - x).abs().max()   # the scale's effect survives
+    assert model_module.modulate(x.bfloat16(), shift.bfloat16(), scale.bfloat16()).dtype == torch.bfloat16
+
+
 def test_flops_per_forward_matches_flop_counter():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
