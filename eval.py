@@ -587,12 +587,12 @@ def write_dpg_layout(out_dir: str, prompt_ids: list[str], images_per_prompt: np.
 
 def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4, seed: int = 0,
                     out_dir: str | None = None, judge: Judge | None = None, guidance: float | None = None,
-                    steps: int | None = None, batch_size: int = 64,
+                    steps: int | None = None, batch_size: int = 64, method: str = "euler", shift: float = 1.0,
                     guidance_interval: tuple[float, float] = (0.0, 1.0), progress: bool = True) -> dict:
     """Generate the benchmark's images, judge them, and (with out_dir) write the report.
 
-    generate: a sample.Pipeline (sampled by sample.generate with seed/guidance/steps/batch_size/guidance_interval,
-    the run's guidance and steps by default), or any callable prompts -> uint8 (N, H, W, 3), one image per entry
+    generate: a sample.Pipeline (sampled by sample.generate with seed, guidance, steps, batch_size, method, shift
+    and guidance_interval; the run's guidance and steps by default), or any callable prompts -> uint8 (N, H, W, 3), one image per entry
     (e.g. an ablation's model in memory; the sampling settings are then the callable's business).
     Returns {"accuracy": {category | "overall": {accuracy, ci_low, ci_high, prompts}}, "prompts": [...], ...}.
     """
@@ -604,10 +604,11 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
         guidance = generate.config.guidance if guidance is None else guidance
         steps = generate.config.sample_steps if steps is None else steps
         images = sample.generate(generate, [m["prompt"] for m in metadatas], seed=seed, guidance=guidance,
-                                 steps=steps, batch_size=batch_size, guidance_interval=guidance_interval,
-                                 progress=progress)
+                                 steps=steps, method=method, shift=shift, batch_size=batch_size,
+                                 guidance_interval=guidance_interval, progress=progress)
     else:
         images = generate([m["prompt"] for m in metadatas])
+        guidance = steps = method = shift = guidance_interval = None      # the callable's own, unknown here
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(metadatas):
         raise ValueError(f"generate must return uint8 ({len(metadatas)}, H, W, 3), got {images.dtype} {images.shape}")
@@ -623,7 +624,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
         "accuracy": bootstrap_accuracy({t: per_prompt[tags == t] for t in CATEGORIES}, seed=seed),
         "attribute_accuracy": bootstrap_accuracy({t: loose[tags == t] for t in ATTRIBUTE_CATEGORIES}, seed=seed),
         "settings": {"per_category": per_category, "images_per_prompt": images_per_prompt, "seed": seed,
-                     "guidance": guidance, "steps": steps, "guidance_interval": list(guidance_interval),
+                     "guidance": guidance, "steps": steps, "sampler": method, "shift": shift,
+                     "guidance_interval": guidance_interval and list(guidance_interval),
                      "image_size": int(images.shape[1]),
                      "checkpoint": str(getattr(generate, "checkpoint", ""))},
         "seconds": {"generate": round(generate_seconds, 2), "judge": round(time.time() - start, 2)},
@@ -725,7 +727,8 @@ def format_validation(v: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     # The CLI checks are sample.py's, so both command lines reject the same values with the same words.
-    from sample import guidance_interval, non_negative_float, non_negative_int, positive_int, unit_float
+    from sample import (guidance_interval, non_negative_float, non_negative_int, positive_float, positive_int,
+                        unit_float)
     parser = argparse.ArgumentParser(description="Evaluation benchmarks for text-to-image runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("shapes", help="GenEval-style compositional benchmark on the synthetic domain",
@@ -739,6 +742,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="seeds the prompt set, the sampling noise and the bootstrap")
     p.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale (default: the run's)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument("--shift", type=positive_float, default=1.0, help="time shift a in t' = a t / (1 + (a-1) t)")
     p.add_argument("--guidance-interval", type=unit_float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="guide only where LO <= t <= HI (default: 0 1, every step)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="sampling batch size (default 64)")
@@ -764,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = os.path.dirname(os.path.dirname(str(pipe.checkpoint)))     # runs/<name>/checkpoints/step_* -> runs/<name>
     out = args.out or os.path.join(run_dir, "eval", "shapes")
     results = evaluate_shapes(pipe, args.per_category, args.images_per_prompt, args.seed, out, judge,
-                              args.guidance, args.steps, args.batch_size, interval)
+                              args.guidance, args.steps, args.batch_size, args.sampler, args.shift, interval)
     print(report_tables(results))
     print(f"generation {results['seconds']['generate']:.1f}s, judge {results['seconds']['judge']:.1f}s; "
           f"wrote results.json, results.md, grid_<category>.png and geneval/ to {out}")

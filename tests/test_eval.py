@@ -285,23 +285,28 @@ def test_frechet_distance_with_fewer_samples_than_dimensions(monkeypatch):
 #                                  End to End                                   #
 #################################################################################
 
-def test_evaluate_shapes_samples_a_pipeline_with_its_settings(judge, monkeypatch):
+def test_cli_samples_the_run_with_its_settings(judge, monkeypatch, tmp_path):
     scenes = {p.metadata["prompt"]: p.scene for p in E.make_prompts(per_category=2, seed=0)}
     seen = {}
+
+    class Pipeline:                                      # what eval.py reads of a sample.Pipeline
+        image_size, checkpoint = 32, tmp_path / "run" / "checkpoints" / "step_0000001"
+        config = type("Config", (), {"guidance": 5.0, "sample_steps": 30})
 
     def fake_generate(pipe, prompts, **settings):       # stands in for sample.generate: records, then draws the truth
         seen.update(settings)
         return np.stack([render(scenes[t]) for t in prompts])
 
-    class Pipeline:                                      # what evaluate_shapes reads of a sample.Pipeline
-        image_size, checkpoint = 32, "runs/x/checkpoints/step_0000001"
-        config = type("Config", (), {"guidance": 5.0, "sample_steps": 30})
-
+    monkeypatch.setattr(sample, "load_pipeline", lambda run, device=None, ema=True: Pipeline())
     monkeypatch.setattr(sample, "generate", fake_generate)
-    results = E.evaluate_shapes(Pipeline(), per_category=2, images_per_prompt=1, judge=judge, steps=7,
-                                guidance_interval=(0.3, 1.0), progress=False)
-    assert (seen["guidance"], seen["steps"], seen["guidance_interval"]) == (5.0, 7, (0.3, 1.0))
-    assert results["settings"]["guidance_interval"] == [0.3, 1.0] and results["settings"]["steps"] == 7
+    out = tmp_path / "out"
+    E.main(["shapes", "--ckpt", str(tmp_path), "--out", str(out), "--per-category", "2", "--images-per-prompt", "1",
+            "--steps", "7", "--sampler", "heun", "--shift", "3", "--guidance-interval", "0.3", "1"])
+    assert {k: seen[k] for k in ("guidance", "steps", "method", "shift", "guidance_interval")} == \
+        dict(guidance=5.0, steps=7, method="heun", shift=3.0, guidance_interval=(0.3, 1.0))
+    results = json.loads((out / "results.json").read_text())
+    assert {k: results["settings"][k] for k in ("guidance", "steps", "sampler", "shift", "guidance_interval")} == \
+        dict(guidance=5.0, steps=7, sampler="heun", shift=3.0, guidance_interval=[0.3, 1.0])
     assert results["accuracy"]["overall"]["accuracy"] >= 0.95
 
 
@@ -320,6 +325,7 @@ def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     assert all(all(p["correct_any_shape"]) for p in results["prompts"] if p["tag"] == "color_position")
     assert E.check_geneval_layout(str(out / "geneval")) == 18                  # GenEval's 6 categories x 3 prompts
     assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
+    assert results["settings"]["guidance"] is None and results["settings"]["sampler"] is None  # the callable's own
     assert "| color_position |" in (out / "results.md").read_text()
     assert all((out / f"grid_{t}.png").exists() for t in E.TAGS)
 
@@ -360,7 +366,8 @@ def test_cli_checks_the_guidance_interval(capsys):
     ("--images-per-prompt", "0", "a positive integer"), ("--images-per-prompt", "-1", "a positive integer"),
     ("--steps", "0", "a positive integer"), ("--batch-size", "0", "a positive integer"),
     ("--per-category", "1.5", "a positive integer"), ("--seed", "-1", "a non-negative integer"),
-    ("--guidance", "-1", "a non-negative number"), ("--guidance", "nan", "a non-negative number")])
+    ("--guidance", "-1", "a non-negative number"), ("--guidance", "nan", "a non-negative number"),
+    ("--shift", "0", "a positive number")])
 def test_cli_rejects_nonsensical_numbers(capsys, flag, value, expected):
     # argparse's error (exit 2, usage + the flag) before anything runs; the run dir would be the next error
     with pytest.raises(SystemExit) as error:
