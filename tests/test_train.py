@@ -1,5 +1,6 @@
 """End-to-end tests of train.py and sample.py: tiny configs, a handful of steps, CPU only."""
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -208,6 +209,24 @@ def test_torchrun_two_ranks_gloo_stay_in_sync(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "done" and log[-1]["ranks_in_sync"] is True
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / "ema.safetensors").is_file()
+
+
+def test_gpu_settings_on_the_cpu_bf16_autocast_and_compile(tmp_path, monkeypatch):
+    # What the gpu preset adds to the loop, run where CI can: bf16 autocast, and torch.compile in one graph
+    # (fullgraph: a graph break, e.g. a host sync in the text path, is an error). The aot_eager backend traces
+    # like inductor but needs no C++ compiler; padding every caption to max_text_length must change nothing.
+    def losses(run_dir):
+        return [r["loss"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+    plain = run(tmp_path, "--name", "plain", "--steps", "4")
+    bf16 = run(tmp_path, "--name", "bf16", "--steps", "4", "--dtype", "bfloat16")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager", fullgraph=True))
+    compiled = run(tmp_path, "--name", "compiled", "--steps", "4", "--compile")
+    reference = weights(train.checkpoints(plain)[-1])
+    for k, v in weights(train.checkpoints(compiled)[-1]).items():
+        assert torch.allclose(v, reference[k], atol=1e-5), k
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights(train.checkpoints(bf16)[-1]).values())
+    assert losses(bf16) == pytest.approx(losses(plain), rel=0.01)
 
 
 def test_time_budget_run_equals_the_fixed_step_run_it_resolves_to(tmp_path):
