@@ -592,8 +592,9 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     """Generate the benchmark's images, judge them, and (with out_dir) write the report.
 
     generate: a sample.Pipeline (sampled by sample.generate with seed, guidance, steps, batch_size, method, shift
-    and guidance_interval; the run's guidance and steps by default), or any callable prompts -> uint8 (N, H, W, 3), one image per entry
-    (e.g. an ablation's model in memory; the sampling settings are then the callable's business).
+    and guidance_interval; the run's guidance and steps by default), or any callable prompts -> uint8
+    (N, H, W, 3), one image per entry (e.g. an ablation's model in memory; the sampling settings are then the
+    callable's business, recorded as None).
     Returns {"accuracy": {category | "overall": {accuracy, ci_low, ci_high, prompts}}, "prompts": [...], ...}.
     """
     prompts = make_prompts(per_category, seed)
