@@ -43,7 +43,8 @@ through its exclude entry {count + 1}.
 Statistics: accuracy per category over images, overall = unweighted mean of GenEval's 6 categories
 (shape-agnostic: of its 6, with color_position in place of position; --validate's overall is GenEval's 6 too).
 95% intervals by percentile bootstrap over prompts (a prompt's images are correlated), all
-categories resampled together for the overall interval.
+categories resampled together for the overall interval. single_object is also split by the prompted
+shape (single_object_by_shape; which shapes a model draws), without intervals.
 Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
 
 Library only, no subcommand (covered by the tests): frechet_distance, the FID formula for FID-family metrics
@@ -595,7 +596,8 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     and guidance_interval; the run's guidance and steps by default), or any callable prompts -> uint8
     (N, H, W, 3), one image per entry (e.g. an ablation's model in memory; the sampling settings are then the
     callable's business, recorded as None).
-    Returns {"accuracy": {category | "overall": {accuracy, ci_low, ci_high, prompts}}, "prompts": [...], ...}.
+    Returns {"accuracy": {category | "overall": {accuracy, ci_low, ci_high, prompts}}, "attribute_accuracy": ...,
+    "single_object_by_shape": {shape: accuracy}, "prompts": [...], "settings": ..., "seconds": ...}.
     """
     prompts = make_prompts(per_category, seed)
     metadatas = [p.metadata for p in prompts for _ in range(images_per_prompt)]
@@ -633,6 +635,11 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
         "prompts": [{**p.metadata, "correct": per_prompt[i].tolist(), "correct_any_shape": loose[i].tolist(),
                      "reasons": reasons[i * k:(i + 1) * k]} for i, p in enumerate(prompts)],
     }
+    # Which shapes a model draws: single_object's accuracy split by the prompted class (a diagnostic, no interval).
+    shapes = np.array([p.metadata["include"][0]["class"] for p in prompts])
+    single = tags == "single_object"
+    results["single_object_by_shape"] = {s: float(per_prompt[single & (shapes == s)].mean())
+                                         for s in SHAPES if (single & (shapes == s)).any()}
     if out_dir is not None:
         write_report(out_dir, results, images.reshape(len(prompts), images_per_prompt, *images.shape[1:]))
     return results
@@ -645,7 +652,9 @@ def markdown_table(accuracy: dict) -> str:
 
 
 def report_tables(results: dict) -> str:
+    by_shape = ", ".join(f"{s} {a:.2f}" for s, a in results["single_object_by_shape"].items())
     return ("GenEval rules (shape, color, count, position):\n\n" + markdown_table(results["accuracy"]) +
+            f"\nsingle_object by shape: {by_shape}\n" +
             "\nShape-agnostic (any colored object counts as any shape):\n\n" +
             markdown_table(results["attribute_accuracy"]))
 

@@ -1,5 +1,6 @@
 """Tests for eval.py: the judge is validated on ground-truth renders, noise, blank images and wrong prompts;
 the prompt set is deterministic; the GenEval/DPG writers produce layouts the rules accept; statistics are right."""
+import dataclasses
 import json
 import os
 
@@ -9,7 +10,7 @@ from PIL import Image
 
 import eval as E
 import sample
-from data import render
+from data import SHAPES, render
 
 
 @pytest.fixture(scope="session")
@@ -328,6 +329,18 @@ def test_evaluate_shapes_with_a_perfect_generator(judge, tmp_path):
     assert results["settings"]["guidance"] is None and results["settings"]["sampler"] is None  # the callable's own
     assert "| color_position |" in (out / "results.md").read_text()
     assert all((out / f"grid_{t}.png").exists() for t in E.TAGS)
+
+
+def test_single_object_accuracy_by_shape(judge):
+    scenes = {p.metadata["prompt"]: p.scene for p in E.make_prompts(per_category=8, seed=0)}
+
+    def no_stars(texts: list[str]) -> np.ndarray:       # each prompt's ground truth, every star left out
+        return np.stack([render(dataclasses.replace(scenes[t], objects=tuple(o for o in scenes[t].objects
+                                                                               if o.shape != "star"))) for t in texts])
+
+    results = E.evaluate_shapes(no_stars, per_category=8, images_per_prompt=1, judge=judge, progress=False)
+    assert results["single_object_by_shape"] == {s: 0.0 if s == "star" else 1.0 for s in SHAPES}   # 8 prompts: 1 each
+    assert "single_object by shape: circle 1.00" in E.report_tables(results) and "star 0.00" in E.report_tables(results)
 
 
 def test_validation_overall_is_the_benchmarks():
