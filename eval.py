@@ -44,7 +44,10 @@ Statistics: accuracy per category over images, overall = unweighted mean of GenE
 (shape-agnostic: of its 6, with color_position in place of position; --validate's overall is GenEval's 6 too).
 95% intervals by percentile bootstrap over prompts (a prompt's images are correlated), all
 categories resampled together for the overall interval. single_object is also split by the prompted
-shape (single_object_by_shape; which shapes a model draws), without intervals.
+shape (single_object_by_shape; which shapes a model draws), without intervals. The color_position images are
+also judged against the reversed relation (layout_vs_reversed): a model that ignores "left of" and "above" and
+places two objects at random passes as often against either, so only the difference (paired bootstrap
+interval) shows a learned layout.
 Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
 
 Library only, no subcommand (covered by the tests): frechet_distance, the FID formula for FID-family metrics
@@ -87,6 +90,7 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "
 TAGS = CATEGORIES + ("color_position",)                                                          # + our layout probe
 ATTRIBUTE_CATEGORIES = ("single_object", "two_object", "counting", "colors", "color_position", "color_attr")
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 COLOR_NAMES = tuple(COLORS)
 
@@ -424,6 +428,13 @@ def relative_position(box_a, box_b, threshold: float = 0.1) -> set[str]:
     return {r for r, on in (("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5), ("below", dy > 0.5)) if on}
 
 
+def reverse_relation(metadata: dict) -> dict:
+    """The same prompt metadata with every position relation reversed ("left of" <-> "right of", ...)."""
+    include = [{**req, "position": [OPPOSITE[req["position"][0]], req["position"][1]]} if "position" in req else req
+               for req in metadata["include"]]
+    return {**metadata, "include": include}
+
+
 def check_metadata(detections: list[Detection], metadata: dict, ignore_shape: bool = False) -> tuple[bool, str]:
     """GenEval's rules: include entries AND-ed (>= count of class [and color], position vs the objects
     matched by an earlier entry), exclude entries OR-ed (>= count fails). Unlike GenEval, the color
@@ -475,6 +486,18 @@ def bootstrap_accuracy(scores: dict[str, np.ndarray], num_resamples: int = 2000,
     point = float(np.mean([r["accuracy"] for r in result.values()]))
     result["overall"] = _summary(point, np.mean(resampled, axis=0), alpha, sum(r["prompts"] for r in result.values()))
     return result
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, num_resamples: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Mean of a, of b, and of a - b with a percentile-bootstrap interval; a and b: (prompts, images) 0/1 scores
+    of the same images, so prompts are resampled together for both."""
+    rng = np.random.default_rng(seed)
+    a, b = (np.asarray(x, np.float64).reshape(len(x), -1).mean(1) for x in (a, b))
+    diffs = (a - b)[rng.integers(0, len(a), (num_resamples, len(a)))].mean(1)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"prompted": float(a.mean()), "reversed": float(b.mean()), "difference": float(a.mean() - b.mean()),
+            "ci_low": float(lo), "ci_high": float(hi), "prompts": len(a)}
 
 
 def _summary(point: float, resampled: np.ndarray, alpha: float, prompts: int) -> dict:
@@ -623,9 +646,15 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     # Shape-agnostic diagnostic: a young or small model gets colors, counts and layouts right before its shapes
     # are recognisable; this score shows that progress (layout through color_position: colors tell A from B).
     loose = judge.score(images, metadatas, ignore_shape=True)[0].reshape(len(prompts), k)
+    # Does the layout follow the relation words, or would the opposite relation pass as often? A model that
+    # ignores "left of" / "above" places two objects at random and scores the same against both.
+    where = np.repeat(tags == "color_position", k)
+    opposite = judge.score(images[where], [reverse_relation(m) for m, w in zip(metadatas, where) if w],
+                           ignore_shape=True)[0].reshape(-1, k)
     results = {
         "accuracy": bootstrap_accuracy({t: per_prompt[tags == t] for t in CATEGORIES}, seed=seed),
         "attribute_accuracy": bootstrap_accuracy({t: loose[tags == t] for t in ATTRIBUTE_CATEGORIES}, seed=seed),
+        "layout_vs_reversed": paired_difference(loose[tags == "color_position"], opposite, seed=seed),
         "settings": {"per_category": per_category, "images_per_prompt": images_per_prompt, "seed": seed,
                      "guidance": guidance, "steps": steps, "sampler": method, "shift": shift,
                      "guidance_interval": guidance_interval and list(guidance_interval),
@@ -653,10 +682,14 @@ def markdown_table(accuracy: dict) -> str:
 
 def report_tables(results: dict) -> str:
     by_shape = ", ".join(f"{s} {a:.2f}" for s, a in results["single_object_by_shape"].items())
+    r = results["layout_vs_reversed"]
     return ("GenEval rules (shape, color, count, position):\n\n" + markdown_table(results["accuracy"]) +
             f"\nsingle_object by shape: {by_shape}\n" +
             "\nShape-agnostic (any colored object counts as any shape):\n\n" +
-            markdown_table(results["attribute_accuracy"]))
+            markdown_table(results["attribute_accuracy"]) +
+            f"\ncolor_position against the reversed relation (the same images): prompted {r['prompted']:.3f}, "
+            f"reversed {r['reversed']:.3f}, difference {r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+            " (about 0: the layout ignores the relation words)\n")
 
 
 def marked_grid(images: np.ndarray, correct: np.ndarray, cols: int) -> np.ndarray:

@@ -343,6 +343,33 @@ def test_single_object_accuracy_by_shape(judge):
     assert "single_object by shape: circle 1.00" in E.report_tables(results) and "star 0.00" in E.report_tables(results)
 
 
+def test_layout_against_the_reversed_relation(judge):
+    prompts = E.make_prompts(per_category=8, seed=0)
+    scenes = {p.metadata["prompt"]: p.scene for p in prompts}
+    relation = {p.metadata["prompt"]: p.metadata["include"][1]["position"][0] for p in prompts
+                if p.metadata["tag"] == "color_position"}
+
+    def mirrored(text: str):        # the ground truth with its centres flipped along the prompted relation's axis
+        axis = "x" if relation[text] in ("left of", "right of") else "y"
+        return dataclasses.replace(scenes[text], objects=tuple(dataclasses.replace(o, **{axis: 1 - getattr(o, axis)})
+                                                               for o in scenes[text].objects))
+
+    def draw(flip):                 # a generator: ground truths, color_position ones mirrored where flip(prompt)
+        return lambda texts: np.stack([render(mirrored(t) if t in relation and flip(t) else scenes[t]) for t in texts])
+
+    def evaluate(flip) -> dict:
+        return E.evaluate_shapes(draw(flip), per_category=8, images_per_prompt=1, judge=judge, progress=False)
+
+    half = set(sorted(relation)[::2])   # a model that ignores the relation: the prompted layout for half the prompts
+    results = evaluate(lambda t: False)
+    right, wrong = results["layout_vs_reversed"], evaluate(lambda t: True)["layout_vs_reversed"]
+    coin = evaluate(lambda t: t in half)["layout_vs_reversed"]
+    assert (right["prompted"], right["reversed"], right["ci_low"], right["prompts"]) == (1.0, 0.0, 1.0, 8)
+    assert (wrong["prompted"], wrong["reversed"], wrong["difference"]) == (0.0, 1.0, -1.0)
+    assert coin["difference"] == 0.0 and coin["ci_low"] < 0 < coin["ci_high"]
+    assert "reversed 0.000, difference +1.000" in E.report_tables(results)
+
+
 def test_validation_overall_is_the_benchmarks():
     class OnlyColorPosition:        # right on our own tag alone: GenEval's 6 categories average to 0, all 7 to 1/7
         def score(self, images, metadatas, ignore_shape=False):
