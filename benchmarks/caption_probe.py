@@ -11,7 +11,10 @@ For N never-trained-on single-object synthetic scenes, with fixed noise eps and 
 
 for c = the scene's caption, the caption of the same scene with another shape, with another color (their
 words drawn from one seed), and the empty prompt. A word the model uses costs error when it is wrong, so
-the table reports E(c') / E(c) - 1 per time. This reads a model's use of words long before a benchmark of its
+the table reports E(c') / E(c) - 1 per time. A second table does the same for the layout: N mixed samples of
+the training distribution (CutMix "all", a new seed) with their captions' position words swapped (left <->
+right, top <-> bottom, above <-> below). Where the layout shows through the noise the words are not needed;
+near t = 1 only they can place the two objects, so a model that reads them loses there with the swap. This reads a model's use of words long before a benchmark of its
 samples can: the default run's error rises 70% under a wrong color word at t = 0.7 and 5.5% under a wrong shape
 word, and it draws the prompted colors as blobs (docs/experiments.md). Runs trained on class names ("a photo
 of a star") are probed with class-name captions, so their color column is zero by construction. --grid
@@ -19,6 +22,7 @@ also draws what the network makes of the noisy images: can it keep a shape that 
 """
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -27,12 +31,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import (COLORS, SHAPES, Obj, Scene, class_caption, image_grid, long_caption,  # noqa: E402
-                  random_scene, render, save_png, to_tensor, to_uint8)
+from augment import MixedDataset  # noqa: E402
+from data import (COLORS, SHAPES, Obj, Scene, SyntheticImageNet, class_caption, image_grid,  # noqa: E402
+                  long_caption, random_scene, render, save_png, to_tensor, to_uint8)
 from diffusion import add_noise, flow_matching_loss  # noqa: E402
 from sample import load_pipeline  # noqa: E402
 
 CAPTIONS = ("true", "other shape", "other color", "empty")
+LAYOUT_CAPTIONS = ("true", "swapped layout", "empty")
+OPPOSITE_WORD = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "above": "below", "below": "above"}
+
+
+def swap_layout(caption: str) -> str:
+    """The caption of the mirrored layout: left <-> right, top <-> bottom, above <-> below."""
+    return re.sub(r"\b(left|right|top|bottom|above|below)\b", lambda m: OPPOSITE_WORD[m.group(1)], caption)
 
 
 def caption_variants(scene: Scene, rng: np.random.Generator, kind: str = "long") -> dict[str, str]:
@@ -57,15 +69,26 @@ def probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)), variants
 
 
+def layout_probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, str]]]:
+    """Mixed samples of new scenes: images x0 (N,3,H,W), noise, and their captions with the layout kept or swapped."""
+    base = SyntheticImageNet(max(num_images, 64), pipe.image_size, seed=seed + 104729, objects=pipe.config.objects)
+    items = [MixedDataset(base, captions=pipe.config.captions, cutmix="all", seed=seed)[i] for i in range(num_images)]
+    x0 = torch.stack([item["mixed_image"] for item in items]).float()
+    variants = [{"true": c, "swapped layout": swap_layout(c), "empty": ""} for c in (i["mixed_caption"] for i in items)]
+    return x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)), variants
+
+
 @torch.no_grad()
 def probe(pipe, num_images: int = 256, times: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9), seed: int = 0,
-          batch_size: int = 128) -> dict[float, dict[str, float]]:
-    """{t: {caption kind: mean clean-image error}} over `num_images` new scenes, fixed noise per image."""
-    x0, noise, variants = probe_set(pipe, num_images, seed)
-    errors = {t: dict.fromkeys(CAPTIONS, 0.0) for t in times}
+          batch_size: int = 128, layout: bool = False) -> dict[float, dict[str, float]]:
+    """{t: {caption kind: mean clean-image error}} over `num_images` new scenes, fixed noise per image: single
+    objects with CAPTIONS, or with layout=True mixed samples with LAYOUT_CAPTIONS."""
+    x0, noise, variants = (layout_probe_set if layout else probe_set)(pipe, num_images, seed)
+    kinds = LAYOUT_CAPTIONS if layout else CAPTIONS
+    errors = {t: dict.fromkeys(kinds, 0.0) for t in times}
     for i in range(0, num_images, batch_size):
         x, eps = x0[i:i + batch_size].to(pipe.device), noise[i:i + batch_size].to(pipe.device)
-        for kind in CAPTIONS:
+        for kind in kinds:
             text, mask = pipe.condition([v[kind] for v in variants[i:i + batch_size]])
             for t in times:
                 tt = torch.full((len(x),), t, device=pipe.device)
@@ -89,10 +112,10 @@ def denoising_grid(pipe, times: tuple[float, ...], seed: int = 0, n: int = 8) ->
     return image_grid(to_uint8(torch.cat(rows)), cols=n, scale=3)
 
 
-def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
+def main(argv: list[str] | None = None) -> tuple[dict[float, dict[str, float]], dict[float, dict[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="run directory (runs/<name>) or one of its checkpoints/step_*")
-    parser.add_argument("--num-images", type=int, default=256, help="new single-object scenes (default 256)")
+    parser.add_argument("--num-images", type=int, default=256, help="new scenes per table (default 256)")
     parser.add_argument("--times", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9], help="noise levels t")
     parser.add_argument("--seed", type=int, default=0, help="seeds the scenes, the captions' words and the noise")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda if available)")
@@ -109,15 +132,18 @@ def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
         parser.error(f"{args.ckpt} was trained on {pipe.config.data}; the probe draws synthetic scenes")
 
     errors = probe(pipe, args.num_images, tuple(args.times), args.seed)
+    layout = probe(pipe, args.num_images, tuple(args.times), args.seed, layout=True)
     print(f"{pipe.checkpoint}: clean-image error with the true caption, and its rise with a changed one\n")
-    print("| t | true caption | other shape | other color | empty prompt |\n|---|---|---|---|---|")
-    for t, e in errors.items():
-        rise = " | ".join(f"{100 * (e[k] / e['true'] - 1):+.1f}%" for k in CAPTIONS[1:])
-        print(f"| {t:g} | {e['true']:.4f} | {rise} |")
+    for title, kinds, table in (("single objects", CAPTIONS, errors), ("mixed samples", LAYOUT_CAPTIONS, layout)):
+        print(f"| t | {title}: true caption | " + " | ".join(kinds[1:]) + " |\n|---|---|" + "---|" * (len(kinds) - 1))
+        for t, e in table.items():
+            rise = " | ".join(f"{100 * (e[k] / e['true'] - 1):+.1f}%" for k in kinds[1:])
+            print(f"| {t:g} | {e['true']:.4f} | {rise} |")
+        print()
     if args.grid:
         save_png(denoising_grid(pipe, tuple(args.times), args.seed), args.grid)
-        print(f"\nwrote {args.grid}")
-    return errors
+        print(f"wrote {args.grid}")
+    return errors, layout
 
 
 if __name__ == "__main__":

@@ -38,13 +38,29 @@ def test_caption_probe_changes_one_attribute_per_caption():
         assert caption_probe.caption_variants(scene, rng, "class")["true"].endswith(obj.shape)
 
 
+def test_layout_probe_mirrors_only_the_position_words():
+    assert caption_probe.swap_layout("In the top-left corner, a red star. The star is to the left of a leftover "
+                                     "circle, above a square.") == ("In the bottom-right corner, a red star. The star "
+                                                                     "is to the right of a leftover circle, below a square.")
+
+    class Run:                      # what layout_probe_set reads of a pipeline
+        image_size, config = 32, train.Config(objects="centered")
+    x0, noise, variants = caption_probe.layout_probe_set(Run(), num_images=32, seed=0)
+    assert x0.shape == noise.shape == (32, 3, 32, 32)
+    swapped = [v for v in variants if v["swapped layout"] != v["true"]]
+    assert len(swapped) > 16                        # most mixed captions say where the pasted image is
+    for v in swapped:
+        assert caption_probe.swap_layout(v["swapped layout"]) == v["true"] and v["empty"] == ""
+
+
 def test_caption_probe_on_a_trained_run(tmp_path):
     run_dir = train.main(["--model", "tiny", "--patch_size", "8", "--num_images", "64", "--batch_size", "16",
                           "--steps", "3", "--warmup", "1", "--sample_every", "1000", "--out_dir", str(tmp_path)])
     grid = tmp_path / "denoising.png"
-    errors = caption_probe.main(["--ckpt", str(run_dir), "--num-images", "24", "--times", "0.5", "0.9",
-                                 "--grid", str(grid)])
+    errors, layout = caption_probe.main(["--ckpt", str(run_dir), "--num-images", "24", "--times", "0.5", "0.9",
+                                         "--grid", str(grid)])
     assert list(errors) == [0.5, 0.9] and all(e[k] > 0 for e in errors.values() for k in caption_probe.CAPTIONS)
+    assert list(layout) == [0.5, 0.9] and all(set(e) == set(caption_probe.LAYOUT_CAPTIONS) for e in layout.values())
     assert Image.open(grid).size == (8 * 32 * 3, 5 * 32 * 3)                  # clean row + (x_t, x0) per time
 
     # Re-initialised, the x-predicting network outputs x0_theta = 0 (its head is zero): the error is the mean
