@@ -11,10 +11,13 @@ For N never-trained-on single-object synthetic scenes, with fixed noise eps and 
 
 for c = the scene's caption, the caption of the same scene with another shape, with another color (their
 words drawn from one seed), and the empty prompt. A word the model uses costs error when it is wrong, so
-the table reports E(c') / E(c) - 1 per time. A second table does the same for the layout: N mixed samples of
-the training distribution (CutMix "all", a new seed) with their captions' position words swapped (left <->
-right, top <-> bottom, above <-> below). Where the layout shows through the noise the words are not needed;
-near t = 1 only they can place the two objects, so a model that reads them loses there with the swap. This reads a model's use of words long before a benchmark of its
+the table reports E(c') / E(c) - 1 per time; its last column keeps the caption and turns the image by 180°.
+A second table asks the same of the layout, on N mixed samples of the training distribution (CutMix "all", a
+new seed): their captions with the position words swapped (left <-> right, top <-> bottom, above <-> below),
+and the images turned. Where the layout shows through the noise the caption is not needed; near t = 1 only
+the caption can place the two objects, so a model that places them as told loses there when the image is
+turned (more than with single, centred objects), and one that reads the position words, when they are swapped.
+(A model can place objects without reading those words: by the order in which the caption names them.) This reads a model's use of words long before a benchmark of its
 samples can: the default run's error rises 70% under a wrong color word at t = 0.7 and 5.5% under a wrong shape
 word, and it draws the prompted colors as blobs (docs/experiments.md). Runs trained on class names ("a photo
 of a star") are probed with class-name captions, so their color column is zero by construction. --grid
@@ -37,8 +40,8 @@ from data import (COLORS, SHAPES, Obj, Scene, SyntheticImageNet, class_caption, 
 from diffusion import add_noise, flow_matching_loss  # noqa: E402
 from sample import load_pipeline  # noqa: E402
 
-CAPTIONS = ("true", "other shape", "other color", "empty")
-LAYOUT_CAPTIONS = ("true", "swapped layout", "empty")
+CAPTIONS = ("true", "other shape", "other color", "empty", "image turned")
+LAYOUT_CAPTIONS = ("true", "swapped layout", "empty", "image turned")   # "image turned": true caption, x0 turned 180°
 OPPOSITE_WORD = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "above": "below", "below": "above"}
 
 
@@ -57,7 +60,7 @@ def caption_variants(scene: Scene, rng: np.random.Generator, kind: str = "long")
     def caption(o: Obj) -> str:                                          # every variant draws the same words
         return write(dataclasses.replace(scene, objects=(o,)), np.random.default_rng(seed))
     return {"true": caption(obj), "other shape": caption(dataclasses.replace(obj, shape=other_shape)),
-            "other color": caption(dataclasses.replace(obj, color=other_color)), "empty": ""}
+            "other color": caption(dataclasses.replace(obj, color=other_color)), "empty": "", "image turned": caption(obj)}
 
 
 def probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, str]]]:
@@ -74,7 +77,8 @@ def layout_probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, to
     base = SyntheticImageNet(max(num_images, 64), pipe.image_size, seed=seed + 104729, objects=pipe.config.objects)
     items = [MixedDataset(base, captions=pipe.config.captions, cutmix="all", seed=seed)[i] for i in range(num_images)]
     x0 = torch.stack([item["mixed_image"] for item in items]).float()
-    variants = [{"true": c, "swapped layout": swap_layout(c), "empty": ""} for c in (i["mixed_caption"] for i in items)]
+    variants = [{"true": c, "swapped layout": swap_layout(c), "empty": "", "image turned": c}
+                for c in (i["mixed_caption"] for i in items)]
     return x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)), variants
 
 
@@ -90,10 +94,11 @@ def probe(pipe, num_images: int = 256, times: tuple[float, ...] = (0.3, 0.5, 0.7
         x, eps = x0[i:i + batch_size].to(pipe.device), noise[i:i + batch_size].to(pipe.device)
         for kind in kinds:
             text, mask = pipe.condition([v[kind] for v in variants[i:i + batch_size]])
+            image = x.flip(-2, -1) if kind == "image turned" else x
             for t in times:
                 tt = torch.full((len(x),), t, device=pipe.device)
                 # weighting "x": t^2 |v_theta - v|^2 = |x0_theta - x0|^2, the clean-image error
-                error = flow_matching_loss(pipe.model, x, tt, eps, text, mask, weighting="x")
+                error = flow_matching_loss(pipe.model, image, tt, eps, text, mask, weighting="x")
                 errors[t][kind] += error.item() * len(x) / num_images
     return errors
 
