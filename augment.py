@@ -45,6 +45,7 @@ from data import (PROMPT_OPENINGS, Scene, SyntheticImageNet, _a, _pick, describe
                   long_caption, position_name, relation_name, render_masks, save_png, to_uint8)
 
 CUTMIX_SETTINGS = ("1/2", "1/4", "1/9", "1/16", "all")
+CONVERSE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
 
 #################################################################################
 #                                      CutMix                                   #
@@ -200,16 +201,23 @@ def mixed_caption(base: Scene, other: Scene, placement: Placement, rng: np.rando
     (oa, _, ax, ay, _), (ob, _, bx, by, _) = main_a[0], main_b[0]
     # CM 1/2: every visible pixel of A lies on A's side of the border, so the split decides the relation.
     rel = {"right half": "to the left of", "bottom half": "above"}.get(placement.where, relation_name(ax, ay, bx, by))
+    # Either image is named first. A always first would give the layout away by order (CM 1/2 pastes B on the
+    # right or at the bottom): a model then learns "first named = left or top" and never reads "left of".
+    b_first = rng.random() < 0.5
+    if b_first:
+        (oa, ob), rel = (ob, oa), CONVERSE[rel]
     relation = f"The {oa.color} {oa.shape} is {rel} the {ob.color} {ob.shape}."
     # The short form reads like a GenEval prompt: "a photo of a red star to the left of a blue circle".
     short = _pick(rng, PROMPT_OPENINGS) + describe_object(oa, rng, False) + _pick(rng, (f" {rel} ", " and ")) + \
         describe_object(ob, rng, False)
     if placement.setting == "1/2":
-        first, second = ("left", "right") if placement.where == "right half" else ("top", "bottom")
-        options = (f"The image is split into two halves: the {first} half shows {a} on {bg_a}, and the {second} "
-                   f"half shows {b} on {bg_b}. {relation}",
+        halves = [("left", a, bg_a), ("right", b, bg_b)] if placement.where == "right half" else \
+            [("top", a, bg_a), ("bottom", b, bg_b)]
+        (first, x, bg_x), (second, y, bg_y) = halves[::-1] if b_first else halves
+        options = (f"The image is split into two halves: the {first} half shows {x} on {bg_x}, and the {second} "
+                   f"half shows {y} on {bg_y}. {relation}",
                    short,
-                   f"Two pictures in one: {a} on the {first}, {b} on the {second}. {relation}")
+                   f"Two pictures in one: {x} on the {first}, {y} on the {second}. {relation}")
     else:
         options = (f"{a} on {bg_a}; {where}, {b}.",
                    short,
@@ -227,7 +235,8 @@ def compose_caption(base_caption: str, other_caption: str, placement: Placement,
     if placement.setting == "1/2":
         first = "Left half" if placement.where == "right half" else "Top half"
         second = "Right half" if placement.where == "right half" else "Bottom half"
-        return _pick(rng, (f"{a} {where[:1].upper() + where[1:]}: {b}", f"{first}: {a} {second}: {b}"))
+        return _pick(rng, (f"{a} {where[:1].upper() + where[1:]}: {b}", f"{first}: {a} {second}: {b}",
+                           f"{second}: {b} {first}: {a}"))                    # halves in either order
     return _pick(rng, (f"{a} {where[:1].upper() + where[1:]}: {b}", f"{a} Pasted {where}, a second picture: {b}",
                        f"Main picture: {a} Inset {where}: {b}"))
 
