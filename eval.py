@@ -689,7 +689,7 @@ def report_tables(results: dict) -> str:
             markdown_table(results["attribute_accuracy"]) +
             f"\ncolor_position against the reversed relation (the same images): prompted {r['prompted']:.3f}, "
             f"reversed {r['reversed']:.3f}, difference {r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            " (about 0: the layout ignores the relation words)\n")
+            " (about 0 for a model that ignores the relation words)\n")
 
 
 def marked_grid(images: np.ndarray, correct: np.ndarray, cols: int) -> np.ndarray:
