@@ -76,7 +76,8 @@ def score_checkpoints(run_dir: Path, args: argparse.Namespace, judge) -> list[di
             full = shapes_eval.evaluate_shapes(pipe, per_category=args.per_category, seed=0, out_dir=out_dir,
                                                images_per_prompt=args.images_per_prompt, judge=judge)
             result = {"step": int(ckpt.name.split("_")[1]), "accuracy": full["accuracy"],
-                      "attribute_accuracy": full["attribute_accuracy"], "seconds": full["seconds"]}
+                      "attribute_accuracy": full["attribute_accuracy"],
+                      "layout_vs_reversed": full["layout_vs_reversed"], "seconds": full["seconds"]}
             tmp = cached.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1))
             os.replace(tmp, cached)
@@ -109,6 +110,11 @@ def markdown(results: dict, args: argparse.Namespace, hours: float) -> str:
     lines += score_table(results, "accuracy", shapes_eval.CATEGORIES)
     lines += ["", "Shape-agnostic (any colored object counts as any shape):", ""]
     lines += score_table(results, "attribute_accuracy", shapes_eval.ATTRIBUTE_CATEGORIES)
+    lines += ["", "| recipe | color_position | against the reversed relation | difference |", "|---|---|---|---|"]
+    for run, r in results.items():
+        x = r["scores"][-1].get("layout_vs_reversed")               # absent from scores cached before the check
+        lines.append(f"| {run} | {x['prompted']:.2f} | {x['reversed']:.2f} | {x['difference']:+.2f} "
+                     f"[{x['ci_low']:+.2f}, {x['ci_high']:+.2f}] |" if x else f"| {run} | | | |")
     lines += ["", "| recipe | held-out loss (final) | seen-scene loss (final) | min held-out loss (step) |",
               "|---|---|---|---|"]
     for run, r in results.items():

@@ -1,4 +1,5 @@
 """The benchmark scripts run and report consistent numbers (tiny settings, CPU)."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import caption_probe  # noqa: E402
+import eval as E  # noqa: E402
 import sample  # noqa: E402
 import throughput  # noqa: E402
 import train  # noqa: E402
@@ -71,3 +73,17 @@ def test_caption_probe_on_a_trained_run(tmp_path):
     rng = np.random.default_rng([0, 104729])
     x0 = torch.stack([to_tensor(render(random_scene(rng, pipe.config.objects))) for _ in range(16)])
     assert all(abs(e - float((x0 ** 2).mean())) < 1e-6 for e in errors[0.5].values())
+
+
+def test_ablation_report_has_the_layout_check():
+    import ablation
+    accuracy = {c: {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+                for c in E.CATEGORIES + E.ATTRIBUTE_CATEGORIES + ("overall",)}
+    layout = {"prompted": 0.2, "reversed": 0.15, "difference": 0.05, "ci_low": -0.05, "ci_high": 0.15, "prompts": 50}
+    run = {"heldout": [{"step": 10, "heldout_loss": 0.02, "train_loss": 0.02}]}
+    results = {"TA+IA-seed0": {**run, "scores": [{"accuracy": accuracy, "attribute_accuracy": accuracy,
+                                                  "layout_vs_reversed": layout}]},
+               "TA-seed0": {**run, "scores": [{"accuracy": accuracy, "attribute_accuracy": accuracy}]}}  # cached before
+    args = argparse.Namespace(preset="cpu", steps=10, num_images=64, per_category=2, images_per_prompt=1, seeds=[0])
+    lines = ablation.markdown(results, args, hours=0.1).splitlines()
+    assert "| TA+IA-seed0 | 0.20 | 0.15 | +0.05 [-0.05, +0.15] |" in lines and "| TA-seed0 | | | |" in lines
