@@ -18,7 +18,8 @@ The paper recaptions every mixed image with the VLM. For synthetic scenes we kno
 mixed_scene moves B's objects into the box (x' = (left + x w) / W, size' = size w / W) and
 mixed_caption describes what is actually visible (object masks restricted to their side of the paste
 box, rendered at 64x64): parts of objects hidden by the paste are called partial or omitted, positions
-and the GenEval relations (left of / right of / above / below) come from the visible centroids. For
+and the GenEval relations (left of / right of / above / below) come from the visible centroids. Either
+image is named first (the order must not tell the layout: CM 1/2 always pastes B right or below). For
 real images compose_caption joins the two captions with the placement.
 
 Random crops (crop=True) replace the plain image of half the items by a crop resized back to full size;
