@@ -46,7 +46,8 @@ from data import (PROMPT_OPENINGS, Scene, SyntheticImageNet, _a, _pick, describe
                   long_caption, position_name, relation_name, render_masks, save_png, to_uint8)
 
 CUTMIX_SETTINGS = ("1/2", "1/4", "1/9", "1/16", "all")
-CONVERSE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+CONVERSE = {"to the left of": "to the right of", "to the right of": "to the left of",      # "A rel B" = "B converse A"
+            "above": "below", "below": "above"}
 
 #################################################################################
 #                                      CutMix                                   #

@@ -62,7 +62,8 @@ def caption_variants(scene: Scene, rng: np.random.Generator, kind: str = "long")
     def caption(o: Obj) -> str:                                          # every variant draws the same words
         return write(dataclasses.replace(scene, objects=(o,)), np.random.default_rng(seed))
     return {"true": caption(obj), "other shape": caption(dataclasses.replace(obj, shape=other_shape)),
-            "other color": caption(dataclasses.replace(obj, color=other_color)), "empty": "", "image turned": caption(obj)}
+            "other color": caption(dataclasses.replace(obj, color=other_color)), "empty": "",
+            "image turned": caption(obj)}
 
 
 def probe_set(pipe, num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, str]]]:
