@@ -140,11 +140,9 @@ def test_mixed_caption_is_exact():
     top = Placement("1/16", (12, 2, 20, 10), "top area", (32, 32))
     small = Scene((Obj("heart", "green", 0.15, 0.5, 0.65),), "plain")
     check_relation(captions(small, CIRCLE, top), "green heart", "blue circle", "below")
-    # The order never gives the layout away: the right half is described first about as often as the left one.
-    texts = captions(STAR, CIRCLE, half, n=200)
-    halves = [re.findall(r"\b(left|right)\b", t.split(". The ")[0]) for t in texts if "half" in t or "Two pic" in t]
-    left_first = sum(h[0] == "left" for h in halves)
-    assert len(halves) > 80 and 0.35 < left_first / len(halves) < 0.65
+    # The order never gives the layout away: the pasted circle (right half) is named first about half the time.
+    texts = [t.lower() for t in captions(STAR, CIRCLE, half, n=200)]
+    assert 0.35 < np.mean([t.index("blue") < t.index("red") for t in texts]) < 0.65
     for text in captions(STAR, CIRCLE, half, style="class"):
         assert re.fullmatch(r"an? (photo|image|picture) of a star and a circle", text)
 
