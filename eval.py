@@ -47,7 +47,8 @@ categories resampled together for the overall interval. single_object is also sp
 shape (single_object_by_shape; which shapes a model draws), without intervals. The color_position images are
 also judged against the reversed relation (layout_vs_reversed): a model that ignores "left of" and "above" and
 places two objects at random passes as often against either, so only the difference (paired bootstrap
-interval) shows a learned layout.
+interval) shows a learned layout; color_position is also split by the prompted relation
+(color_position_by_relation), where placing objects by the order the prompt names them shows.
 Shapes: images are uint8 (N, H, W, 3); a benchmark run is (prompts, images_per_prompt, H, W, 3).
 
 Library only, no subcommand (covered by the tests): frechet_distance, the FID formula for FID-family metrics
@@ -669,6 +670,12 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     single = tags == "single_object"
     results["single_object_by_shape"] = {s: float(per_prompt[single & (shapes == s)].mean())
                                          for s in SHAPES if (single & (shapes == s)).any()}
+    # And color_position by the prompted relation: a model that places the first-named object left or top passes
+    # "left of" and "above", fails "right of" and "below", and averages out against the reversed relation.
+    relation = np.array([p.metadata["include"][-1].get("position", [""])[0] for p in prompts])   # "" without one
+    layout = tags == "color_position"
+    results["color_position_by_relation"] = {r: float(loose[layout & (relation == r)].mean())
+                                             for r in RELATIONS if (layout & (relation == r)).any()}
     if out_dir is not None:
         write_report(out_dir, results, images.reshape(len(prompts), images_per_prompt, *images.shape[1:]))
     return results
@@ -683,13 +690,15 @@ def markdown_table(accuracy: dict) -> str:
 def report_tables(results: dict) -> str:
     by_shape = ", ".join(f"{s} {a:.2f}" for s, a in results["single_object_by_shape"].items())
     r = results["layout_vs_reversed"]
+    by_relation = ", ".join(f"{rel} {a:.2f}" for rel, a in results["color_position_by_relation"].items())
     return ("GenEval rules (shape, color, count, position):\n\n" + markdown_table(results["accuracy"]) +
             f"\nsingle_object by shape: {by_shape}\n" +
             "\nShape-agnostic (any colored object counts as any shape):\n\n" +
             markdown_table(results["attribute_accuracy"]) +
             f"\ncolor_position against the reversed relation (the same images): prompted {r['prompted']:.3f}, "
             f"reversed {r['reversed']:.3f}, difference {r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            " (about 0 for a model that ignores the relation words)\n")
+            " (about 0 for a model that ignores the relation words)\n" +
+            f"color_position by relation: {by_relation}\n")
 
 
 def marked_grid(images: np.ndarray, correct: np.ndarray, cols: int) -> np.ndarray:

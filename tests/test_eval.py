@@ -369,6 +369,12 @@ def test_layout_against_the_reversed_relation(judge):
     assert coin["difference"] == 0.0 and coin["ci_low"] < 0 < coin["ci_high"]
     assert "reversed 0.000, difference +1.000" in E.report_tables(results)
 
+    # A model that draws the first-named object left or top: right on "left of" and "above" only.
+    by_order = evaluate(lambda t: relation[t] in ("right of", "below"))
+    assert by_order["color_position_by_relation"] == {"left of": 1.0, "right of": 0.0, "above": 1.0, "below": 0.0}
+    assert "color_position by relation: left of 1.00, right of 0.00, above 1.00, below 0.00" in \
+        E.report_tables(by_order)
+
 
 def test_validation_overall_is_the_benchmarks():
     class OnlyColorPosition:        # right on our own tag alone: GenEval's 6 categories average to 0, all 7 to 1/7
