@@ -644,7 +644,7 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     correct, reasons = judge.score(images, metadatas)
     k, per_prompt = images_per_prompt, correct.reshape(len(prompts), images_per_prompt)
     tags = np.array([p.metadata["tag"] for p in prompts])
-    # Shape-agnostic diagnostic: a young or small model gets colors, counts and layouts right before its shapes
+    # Shape-agnostic diagnostic: a young or small model can get colors, counts and layouts right before its shapes
     # are recognisable; this score shows that progress (layout through color_position: colors tell A from B).
     loose = judge.score(images, metadatas, ignore_shape=True)[0].reshape(len(prompts), k)
     # Does the layout follow the relation words, or would the opposite relation pass as often? A model that
