@@ -649,13 +649,14 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     loose = judge.score(images, metadatas, ignore_shape=True)[0].reshape(len(prompts), k)
     # Does the layout follow the relation words, or would the opposite relation pass as often? A model that
     # ignores "left of" / "above" places two objects at random and scores the same against both.
-    where = np.repeat(tags == "color_position", k)
+    layout = tags == "color_position"
+    where = np.repeat(layout, k)                                                    # per image
     opposite = judge.score(images[where], [reverse_relation(m) for m, w in zip(metadatas, where) if w],
                            ignore_shape=True)[0].reshape(-1, k)
     results = {
         "accuracy": bootstrap_accuracy({t: per_prompt[tags == t] for t in CATEGORIES}, seed=seed),
         "attribute_accuracy": bootstrap_accuracy({t: loose[tags == t] for t in ATTRIBUTE_CATEGORIES}, seed=seed),
-        "layout_vs_reversed": paired_difference(loose[tags == "color_position"], opposite, seed=seed),
+        "layout_vs_reversed": paired_difference(loose[layout], opposite, seed=seed),
         "settings": {"per_category": per_category, "images_per_prompt": images_per_prompt, "seed": seed,
                      "guidance": guidance, "steps": steps, "sampler": method, "shift": shift,
                      "guidance_interval": guidance_interval and list(guidance_interval),
@@ -673,7 +674,6 @@ def evaluate_shapes(generate, per_category: int = 50, images_per_prompt: int = 4
     # And color_position by the prompted relation: a model that places the first-named object left or top passes
     # "left of" and "above", fails "right of" and "below", and averages out against the reversed relation.
     relation = np.array([p.metadata["include"][-1].get("position", [""])[0] for p in prompts])   # "" without one
-    layout = tags == "color_position"
     results["color_position_by_relation"] = {r: float(loose[layout & (relation == r)].mean())
                                              for r in RELATIONS if (layout & (relation == r)).any()}
     if out_dir is not None:
