@@ -22,7 +22,8 @@ v = 0, or with prediction="x" the clean-image guess x0 = 0).
 
 Positions: "sincos" adds a fixed 2D sin-cos table to the tokens (DiT); "rope" rotates q and k of the
 self-attention by the patch's row (half of each head's dims) and column (other half). Text tokens carry
-no image position, so cross-attention never uses RoPE.
+no image position, so cross-attention never uses RoPE; the learned text encoder turns its own q and k by word
+position (1D RoPE), so that its attention sees how far apart two words are.
 
 Text: WordTokenizer + LearnedTextEncoder (a small transformer trained jointly, the offline default) or
 HFTextEncoder (a frozen Hugging Face encoder; the paper uses the Flan-T5-XL encoder, width 2048). Captions come
@@ -204,80 +205,6 @@ class CrossAttention(nn.Module):
 
 
 #################################################################################
-#                                 Text Encoders                                 #
-#################################################################################
-
-class TextBlock(nn.Module):
-    """Pre-norm transformer layer: x + Attn(LN(x)) then x + MLP(LN(x)); padding keys are masked out."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = SelfAttention(width, heads, qk_norm=False)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = Mlp(width, 4 * width)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, index=index)
-        return x + on_real_tokens(self.mlp, self.norm2(x), index)
-
-
-class LearnedTextEncoder(nn.Module):
-    """Token + learned position embeddings -> `depth` pre-norm transformer layers -> LayerNorm. (B,L) -> (B,L,width)."""
-
-    def __init__(self, vocab_size: int, width: int = 128, depth: int = 2, heads: int = 4, max_length: int = 64):
-        super().__init__()
-        self.dim = width
-        self.token_embed = nn.Embedding(vocab_size, width)
-        self.pos_embed = nn.Parameter(torch.randn(max_length, width) * 0.02)
-        self.blocks = nn.ModuleList(TextBlock(width, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        nn.init.normal_(self.token_embed.weight, std=0.02)
-
-    def flops_per_forward(self, text_len: int) -> int:
-        """Matmul FLOPs for ONE caption of `text_len` tokens (as DiT.flops_per_forward counts them)."""
-        L, w = text_len, self.dim
-        per_layer = 3 * L * w * w + 2 * L * L * w + L * w * w + 2 * L * w * 4 * w    # qkv, QK^T and AV, proj, MLP
-        return 2 * len(self.blocks) * per_layer
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
-        attn_mask = None if mask is None else mask[:, None, None, :]           # (B,1,1,L): keys only
-        index = real_token_index(mask)
-        for block in self.blocks:
-            x = block(x, attn_mask, index)
-        return self.norm(x)
-
-
-class HFTextEncoder(nn.Module):
-    """A frozen Hugging Face encoder (Flan-T5-XL in the paper): captions -> last hidden states + mask."""
-
-    def __init__(self, path_or_id: str, max_length: int = 128, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        import transformers
-
-        config = transformers.AutoConfig.from_pretrained(path_or_id)
-        # T5-family checkpoints are encoder-decoders: load only the encoder (AutoModel would want decoder inputs).
-        encoder_classes = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
-        model_class = getattr(transformers, encoder_classes.get(config.model_type, "AutoModel"))
-        self.model = model_class.from_pretrained(path_or_id, dtype=dtype).eval().requires_grad_(False)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_id)
-        self.max_length = max_length
-        self.dim = getattr(config, "d_model", None) or config.hidden_size
-
-    def train(self, mode: bool = True) -> "HFTextEncoder":
-        return super().train(False)  # frozen: stays in eval mode (no dropout) even when a parent calls .train()
-
-    @torch.no_grad()
-    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(list(captions), padding="longest", truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
-        device = next(self.model.parameters()).device
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask.bool()
-
-
-#################################################################################
 #                      Embedding Layers for Timesteps and Positions             #
 #################################################################################
 
@@ -318,10 +245,104 @@ def rope_2d(grid: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
+def rope_1d(length: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """1D RoPE tables cos, sin (length, head_dim/2) for a token sequence (the learned text encoder): pair i turns
+    by pos * theta^(-i / (head_dim/2)), so q.k depends only on how far apart two words are."""
+    n_freqs = head_dim // 2
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B,heads,N,head_dim): rotate each pair (x_i, x_{i+head_dim/2}) by its angle; in float32."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+#################################################################################
+#                                 Text Encoders                                 #
+#################################################################################
+
+class TextBlock(nn.Module):
+    """Pre-norm transformer layer: x + Attn(LN(x)) then x + MLP(LN(x)); padding keys are masked out."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, qk_norm=False)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, 4 * width)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: torch.Tensor | None,
+                index: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope=rope, attn_mask=attn_mask, index=index)
+        return x + on_real_tokens(self.mlp, self.norm2(x), index)
+
+
+class LearnedTextEncoder(nn.Module):
+    """Token embeddings -> `depth` pre-norm transformer layers with 1D RoPE -> LayerNorm. (B,L) -> (B,L,width).
+
+    Relative positions (RoPE; T5, the paper's encoder, has relative attention biases) rather than a learned table
+    per absolute position: "red star to the left of blue circle" must tie each color to the relation word a few
+    tokens away wherever the phrase sits in a caption, and with a table that is one pattern to learn per position.
+    In a probe of that binding alone (CM 1/2 mixes at t > 0.9), RoPE learned it in 500 steps; learned absolute
+    positions had not started by then (docs/experiments.md, "Layouts")."""
+
+    def __init__(self, vocab_size: int, width: int = 128, depth: int = 2, heads: int = 4, max_length: int = 64):
+        super().__init__()
+        if width % heads or (width // heads) % 2:
+            raise ValueError(f"text width {width} must split into {heads} heads of an even size (RoPE pairs)")
+        self.dim = width
+        self.token_embed = nn.Embedding(vocab_size, width)
+        cos, sin = rope_1d(max_length, width // heads)
+        self.register_buffer("rope_cos", cos, persistent=False)                                    # (max_length,d/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(TextBlock(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+
+    def flops_per_forward(self, text_len: int) -> int:
+        """Matmul FLOPs for ONE caption of `text_len` tokens (as DiT.flops_per_forward counts them)."""
+        L, w = text_len, self.dim
+        per_layer = 3 * L * w * w + 2 * L * L * w + L * w * w + 2 * L * w * 4 * w    # qkv, QK^T and AV, proj, MLP
+        return 2 * len(self.blocks) * per_layer
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, L = self.token_embed(ids), ids.shape[1]
+        rope = (self.rope_cos[:L], self.rope_sin[:L])
+        attn_mask = None if mask is None else mask[:, None, None, :]           # (B,1,1,L): keys only
+        index = real_token_index(mask)
+        for block in self.blocks:
+            x = block(x, rope, attn_mask, index)
+        return self.norm(x)
+
+
+class HFTextEncoder(nn.Module):
+    """A frozen Hugging Face encoder (Flan-T5-XL in the paper): captions -> last hidden states + mask."""
+
+    def __init__(self, path_or_id: str, max_length: int = 128, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(path_or_id)
+        # T5-family checkpoints are encoder-decoders: load only the encoder (AutoModel would want decoder inputs).
+        encoder_classes = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+        model_class = getattr(transformers, encoder_classes.get(config.model_type, "AutoModel"))
+        self.model = model_class.from_pretrained(path_or_id, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path_or_id)
+        self.max_length = max_length
+        self.dim = getattr(config, "d_model", None) or config.hidden_size
+
+    def train(self, mode: bool = True) -> "HFTextEncoder":
+        return super().train(False)  # frozen: stays in eval mode (no dropout) even when a parent calls .train()
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(list(captions), padding="longest", truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask.bool()
 
 
 #################################################################################

@@ -5,7 +5,7 @@ import torch
 
 import model as model_module
 from model import (DIT_SIZES, DiT, HFTextEncoder, LearnedTextEncoder, TextToImage, WordTokenizer, apply_rope,
-                   count_parameters, real_token_index, rope_2d)
+                   count_parameters, real_token_index, rope_1d, rope_2d)
 
 CAPTIONS = ["A red star on a striped background.", "a small blue circle, in the top-left corner",
             "The red star is to the left of the blue circle.", "a photo of a heart"]
@@ -79,6 +79,20 @@ def test_learned_text_encoder_ignores_padding():
     out_padded = enc(padded, torch.tensor([[True] * 4 + [False] * 2]))
     torch.testing.assert_close(out_padded[:, :4], out, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(enc(torch.tensor([[2, 5, 6, 8]]), None), out)  # a real token does matter
+
+
+def test_learned_text_encoder_sees_word_order_by_relative_position():
+    torch.manual_seed(0)
+    enc = LearnedTextEncoder(vocab_size=20, width=16, depth=2, heads=2, max_length=12).eval()
+    red_left_blue, blue_left_red = torch.tensor([[2, 5, 9, 7]]), torch.tensor([[2, 7, 9, 5]])
+    a, b = enc(red_left_blue), enc(blue_left_red)
+    # Same words, other order: the features of each word change (a bag of words would just permute them).
+    assert not torch.allclose(a[0, 1], b[0, 3], atol=1e-4) and not torch.allclose(a[0, 3], b[0, 1], atol=1e-4)
+    # Only distances count: the same caption at positions 3..6 instead of 0..3 gives the same features.
+    cos, sin = enc.rope_cos.clone(), enc.rope_sin.clone()
+    enc.rope_cos, enc.rope_sin = cos[3:], sin[3:]
+    torch.testing.assert_close(enc(red_left_blue), a, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cos[:4], rope_1d(4, 8)[0]) and not torch.allclose(cos[3:7], cos[:4])
 
 
 def test_real_tokens_only_gives_the_padded_result_and_gradients(monkeypatch):
