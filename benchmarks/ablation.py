@@ -30,12 +30,11 @@ import eval as shapes_eval  # noqa: E402  (eval.py: the project's benchmark modu
 import sample  # noqa: E402
 import train  # noqa: E402
 
-# IA uses the preset's CutMix setting and mixing rule: CM 1/2 on the cpu preset, CM "all" on the gpu preset.
 RECIPES = {
     "AIO": ["--captions", "class", "--cutmix", "none"],                  # class-name captions, plain images
     "TA": ["--captions", "long", "--cutmix", "none"],                    # + long detailed captions
-    "TA+IA": ["--captions", "long"],                                     # + CutMix at high noise
-    "TA+IA+crop": ["--captions", "long", "--crop"],                      # + random crops
+    "TA+IA": ["--captions", "long", "--cutmix", "all"],                  # + CutMix at high noise
+    "TA+IA+crop": ["--captions", "long", "--cutmix", "all", "--crop"],   # + random crops
 }
 COLORS = {"AIO": (120, 120, 120), "TA": (31, 119, 180), "TA+IA": (214, 39, 40), "TA+IA+crop": (44, 160, 44)}
 
