@@ -249,7 +249,8 @@ def rope_1d(length: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.T
     """1D RoPE tables cos, sin (length, head_dim/2) for a token sequence (the learned text encoder): pair i turns
     by pos * theta^(-i / (head_dim/2)), so q.k depends only on how far apart two words are."""
     n_freqs = head_dim // 2
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
+    w = theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * w                              # (length,d/2)
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
@@ -286,7 +287,7 @@ class LearnedTextEncoder(nn.Module):
     per absolute position: "red star to the left of blue circle" must tie each color to the relation word a few
     tokens away wherever the phrase sits in a caption, and with a table that is one pattern to learn per position.
     In a probe of that binding alone (CM 1/2 mixes at t > 0.9), RoPE learned it in 500 steps; learned absolute
-    positions had not started by then (docs/experiments.md, "Layouts")."""
+    positions had not started by then (docs/experiments.md, "Layouts learned")."""
 
     def __init__(self, vocab_size: int, width: int = 128, depth: int = 2, heads: int = 4, max_length: int = 64):
         super().__init__()
