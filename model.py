@@ -224,12 +224,17 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 
+def position_angles(positions: torch.Tensor, n_freqs: int, theta: float = 10000.0) -> torch.Tensor:
+    """(n,) positions -> (n, n_freqs) angles pos * w_k with w_k = theta^(-k / n_freqs), in float64."""
+    return positions.double()[:, None] * theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
+
+
 def grid_angles(grid: int, n_freqs: int, theta: float = 10000.0) -> torch.Tensor:
-    """(grid*grid, 2 n_freqs) angles pos * w_k with w_k = theta^(-k / n_freqs), patches in raster order (the token
-    order): the first n_freqs columns use the patch's row, the last n_freqs its column."""
-    w = theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
+    """(grid*grid, 2 n_freqs) angles of position_angles, patches in raster order (the token order): the first
+    n_freqs columns use the patch's row, the last n_freqs its column."""
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    return torch.cat([rows.reshape(-1, 1) * w, cols.reshape(-1, 1) * w], dim=1)
+    return torch.cat([position_angles(rows.reshape(-1), n_freqs, theta),
+                      position_angles(cols.reshape(-1), n_freqs, theta)], dim=1)
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -248,9 +253,7 @@ def rope_2d(grid: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 def rope_1d(length: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """1D RoPE tables cos, sin (length, head_dim/2) for a token sequence (the learned text encoder): pair i turns
     by pos * theta^(-i / (head_dim/2)), so q.k depends only on how far apart two words are."""
-    n_freqs = head_dim // 2
-    w = theta ** (-torch.arange(n_freqs, dtype=torch.float64) / n_freqs)
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * w                              # (length,d/2)
+    angles = position_angles(torch.arange(length), head_dim // 2, theta)                         # (length,d/2)
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
