@@ -20,13 +20,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from data import image_grid, save_png, to_uint8
 from diffusion import sample
 from model import WordTokenizer
-from train import Config, TextConditioner, build_model, checkpoints
+from train import Config, TextConditioner, build_model, checkpoints, load_weights
 
 
 @dataclass
@@ -63,7 +62,7 @@ def load_pipeline(run_dir: str, device: str | None = None, ema: bool = True) -> 
     tokenizer = WordTokenizer.load(path / "vocab.json") if cfg.text_encoder == "learned" else None
     condition = TextConditioner(cfg, tokenizer, device)
     model = build_model(cfg, len(tokenizer) if tokenizer else None, condition.frozen_dim)
-    model.load_state_dict(load_file(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
+    load_weights(model, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
     return Pipeline(model.to(device).eval(), condition, cfg, device, ckpt)
 
 
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
     prompts = read_prompts(args, parser)
     try:
         pipe = load_pipeline(args.ckpt, args.device, ema=not args.no_ema)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:                  # no run there, or weights of another version
         parser.error(str(e))
 
     n = args.images_per_prompt

@@ -395,6 +395,20 @@ def save_checkpoint(run_dir: Path, step: int, model, ema, optimizer, keep: int) 
     return final
 
 
+def load_weights(model: torch.nn.Module, path: Path, device="cpu") -> None:
+    """model <- the safetensors file at `path`; weights written by another version of model.py (a renamed or
+    removed tensor, another shape) fail with the names, not with a wall of shapes from load_state_dict."""
+    saved, expected = load_file(path, device=str(device)), model.state_dict()
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & saved.keys() if saved[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        found = [f"{what}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for what, names in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if names]
+        raise ValueError(f"{path} does not fit this version of model.py ({'; '.join(found)}): it was written by "
+                         f"another version of the code; sample or resume it with that version, or train anew")
+    model.load_state_dict(saved)
+
+
 def check_resumable(saved: dict, cfg: Config, given: set[str]) -> Config:
     """The saved config, with the flags given now; a flag that changes what is trained is an error."""
     clashes = [f"--{k}: checkpoint has {saved[k]!r}, asked {getattr(cfg, k)!r}" for k in sorted(given)
@@ -542,8 +556,11 @@ def main(argv: list[str] | None = None) -> Path:
         last = checkpoints(run_dir)[-1] if checkpoints(run_dir) else None
         if last is None:
             raise SystemExit(f"--resume: {run_dir / 'checkpoints'} holds no checkpoint")
-        model.load_state_dict(load_file(last / "model.safetensors", device=str(device)))
-        ema.load_state_dict(load_file(last / "ema.safetensors", device=str(device)))
+        try:
+            load_weights(model, last / "model.safetensors", device)
+            load_weights(ema, last / "ema.safetensors", device)
+        except ValueError as e:
+            raise SystemExit(f"--resume: {e}") from None
         state = torch.load(last / "state.pt", map_location=device, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import sample
 import train
@@ -104,6 +104,21 @@ def test_resume_rejects_a_different_config(tmp_path):
         run(tmp_path, "--name", "r", "--resume", "--patch_size", "4")
     with pytest.raises(SystemExit, match="no run at"):
         run(tmp_path, "--name", "missing", "--resume")
+
+
+def test_weights_of_another_model_version_are_named_not_dumped(tmp_path):
+    run_dir = run(tmp_path, "--name", "old", "--steps", "2")
+    for weights in (run_dir / "checkpoints" / "step_0000002").glob("*.safetensors"):
+        tensors = load_file(weights)
+        tensors["text_encoder.pos_embed"] = torch.zeros(1, 64, 128)          # the table an older version had
+        tensors["text_encoder.embed.weight"] = tensors.pop("text_encoder.token_embed.weight")       # a rename
+        save_file(tensors, weights)
+    with pytest.raises(SystemExit, match=r"--resume: .*model\.safetensors does not fit this version of model\.py "
+                                         r"\(missing: text_encoder\.token_embed\.weight; unexpected: "
+                                         r"text_encoder\.embed\.weight, text_encoder\.pos_embed\)"):
+        run(tmp_path, "--name", "old", "--resume", "--steps", "4")
+    with pytest.raises(ValueError, match=r"ema\.safetensors does not fit"):
+        sample.load_pipeline(str(run_dir))
 
 
 def test_bad_flags_are_argparse_errors(capsys):
