@@ -817,7 +817,10 @@ def main(argv: list[str] | None = None) -> None:
         print(format_validation(validate_judge(judge, args.per_category, args.seed)))
         return
     import sample
-    pipe = sample.load_pipeline(args.ckpt, device=args.device, ema=not args.no_ema)
+    try:
+        pipe = sample.load_pipeline(args.ckpt, device=args.device, ema=not args.no_ema)
+    except (FileNotFoundError, ValueError) as e:                  # no checkpoint there, or another model version
+        p.error(str(e))
     run_dir = os.path.dirname(os.path.dirname(str(pipe.checkpoint)))     # runs/<name>/checkpoints/step_* -> runs/<name>
     out = args.out or os.path.join(run_dir, "eval", "shapes")
     results = evaluate_shapes(pipe, args.per_category, args.images_per_prompt, args.seed, out, judge,

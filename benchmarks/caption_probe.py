@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> tuple[dict[float, dict[str, float]], 
         parser.error("--num-images must be >= 1 and every --times value in (0, 1]")
     try:
         pipe = load_pipeline(args.ckpt, device=args.device, ema=not args.no_ema)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     if pipe.config.data != "synthetic":
         parser.error(f"{args.ckpt} was trained on {pipe.config.data}; the probe draws synthetic scenes")
