@@ -33,8 +33,8 @@ import train  # noqa: E402
 RECIPES = {
     "AIO": ["--captions", "class", "--cutmix", "none"],                  # class-name captions, plain images
     "TA": ["--captions", "long", "--cutmix", "none"],                    # + long detailed captions
-    "TA+IA": ["--captions", "long", "--cutmix", "all"],                  # + CutMix at high noise
-    "TA+IA+crop": ["--captions", "long", "--cutmix", "all", "--crop"],   # + random crops
+    "TA+IA": ["--captions", "long"],                                     # + the preset's CutMix at high noise
+    "TA+IA+crop": ["--captions", "long", "--crop"],                      # + random crops
 }
 COLORS = {"AIO": (120, 120, 120), "TA": (31, 119, 180), "TA+IA": (214, 39, 40), "TA+IA+crop": (44, 160, 44)}
 
