@@ -54,7 +54,7 @@ def train_recipe(recipe: str, seed: int, args: argparse.Namespace, extra: list[s
     flags = ["--preset", args.preset, "--name", name, "--out_dir", args.out, "--seed", str(seed),
              "--steps", str(args.steps), "--num_images", str(args.num_images), "--ckpt_every", str(every),
              "--keep_ckpts", str(args.evals), "--eval_every", str(every // 2), "--sample_every", str(args.steps),
-             *extra, *RECIPES[recipe]]      # the recipe last: extra flags may set the IA (--cutmix all), not undo "none"
+             *extra, *RECIPES[recipe]]      # recipe last: extra flags may set the IA, not undo "--cutmix none"
     resume = ["--resume"] if train.checkpoints(run_dir) else []
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)                       # started, never checkpointed: nothing to keep, start over
@@ -169,9 +169,10 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, ylabel: 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    epilog = ("Flags after -- go to train.py before each recipe's own switches: -- --model S, or\n"
+              "-- --cutmix all --t_mix 0.45 for the paper's IA in TA+IA (AIO and TA stay unmixed).")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Flags after -- go to train.py before each recipe's own switches (e.g. -- --model S, or\n"
-                                            "-- --cutmix all --t_mix 0.45: the paper's IA for TA+IA; AIO and TA stay unmixed).")
+                                     epilog=epilog)
     parser.add_argument("--preset", default="cpu", choices=tuple(train.PRESETS))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=tuple(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
