@@ -219,10 +219,11 @@ def test_torchrun_two_ranks_gloo_stay_in_sync(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
            *TINY, "--out_dir", str(tmp_path), "--name", "ddp", "--steps", "3", "--grad_accum", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    (tmp_path / "torchrun.log").write_text(proc.stdout)             # both ranks and the agent, interleaved
+    assert proc.returncode == 0, f"exit {proc.returncode}, log {tmp_path / 'torchrun.log'}:\n{proc.stdout[-6000:]}"
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["event"] == "done" and log[-1]["ranks_in_sync"] is True
+    assert log[-1]["event"] == "done" and log[-1]["ranks_in_sync"] is True, (log[-1], proc.stdout[-3000:])
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / "ema.safetensors").is_file()
 
 
