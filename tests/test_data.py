@@ -125,9 +125,11 @@ def test_synthetic_imagenet_determinism_and_consistency():
 
 def test_object_ranges():
     """Each world keeps its objects in its ranges; the same seed draws the same shapes, colors and backgrounds
-    in both (the ranges only rescale the draws), so the two are the same data made easier."""
-    varied, centered = (SyntheticImageNet(200, 32, seed=1, objects=k) for k in ("varied", "centered"))
-    for world, r in ((varied, OBJECT_RANGES["varied"]), (centered, OBJECT_RANGES["centered"])):
+    in every world (the ranges only rescale the draws), so they are the same data made easier, then closer."""
+    worlds = {k: SyntheticImageNet(200, 32, seed=1, objects=k) for k in OBJECT_RANGES}
+    assert tuple(worlds)[:3] == ("varied", "centered", "large")
+    for name, world in worlds.items():
+        r = OBJECT_RANGES[name]
         objs = [s.objects[0] for s in world.scenes]
         sizes = np.array([o.size for o in objs])
         offsets = np.abs(np.array([(o.x, o.y) for o in objs]) - 0.5)
@@ -135,9 +137,12 @@ def test_object_ranges():
         assert r["radius"][0] <= sizes.min() and sizes.max() <= r["radius"][1]
         assert offsets.max() <= r["jitter"] and offsets.max() > 0.8 * r["jitter"]  # the whole range is used
         assert tilts.max() <= r["tilt"] and tilts.max() > 0.8 * r["tilt"]
-    assert r["radius"][0] > OBJECT_RANGES["varied"]["radius"][0] and r["jitter"] < OBJECT_RANGES["varied"]["jitter"]
-    assert [(s.objects[0].shape, s.objects[0].color, s.background) for s in varied.scenes] == \
-           [(s.objects[0].shape, s.objects[0].color, s.background) for s in centered.scenes]
+        assert [(s.objects[0].shape, s.objects[0].color, s.background) for s in world.scenes] == \
+               [(s.objects[0].shape, s.objects[0].color, s.background) for s in worlds["varied"].scenes]
+    varied, centered, large = (OBJECT_RANGES[k] for k in ("varied", "centered", "large"))
+    assert varied["radius"][0] < centered["radius"][0] < large["radius"][0]             # larger ...
+    assert varied["jitter"] > centered["jitter"] > large["jitter"]                      # ... and nearer the centre
+    assert large["radius"][1] * 1.1 + large["jitter"] < 0.5                             # a close-up, not cut off
     with pytest.raises(ValueError, match="unknown objects 'huge'.*varied"):
         random_scene(np.random.default_rng(0), "huge")
 

@@ -130,10 +130,11 @@ def test_bad_flags_are_argparse_errors(capsys):
         train.parse_args(["--preset", "tpu"])
     with pytest.raises(SystemExit):
         train.parse_args(["--objects", "huge"])
-    assert "'varied', 'centered'" in capsys.readouterr().err
+    assert "'varied', 'centered', 'large'" in capsys.readouterr().err
     cfg = train.parse_args(["--objects", "centered", "--num_images", "8"])[0]                # reaches the data
     objs = [s.objects[0] for s in train.build_dataset(cfg).base.scenes]
     assert all(o.size >= 0.2 and abs(o.x - 0.5) <= 0.08 and abs(o.y - 0.5) <= 0.08 for o in objs)
+    assert train.parse_args([])[0].objects == "large"                                       # the cpu preset's
     for flag, value in (("--grad_accum", "0"), ("--log_every", "0"), ("--keep_ckpts", "0")):
         with pytest.raises(SystemExit):
             train.parse_args([flag, value])
