@@ -188,7 +188,7 @@ def render_masks(scene: Scene, size: int = 32) -> np.ndarray:
 # "varied" is the harder world, ImageNet-like in its variety. "centered" is easier: larger objects near the centre,
 # upright; there the tiny model starts to draw the shapes within thousands of CPU steps. "large" is a close-up of
 # the same: the object spans 3 of the 4 patch-8 tokens across, so its outline falls inside more tokens; with it
-# train.py's cpu preset draws about twice the shapes in ~1400 steps (docs/experiments.md, "Shapes at last" and after).
+# train.py's cpu preset draws about twice the shapes in ~1400 steps (docs/experiments.md, "Large objects").
 OBJECT_RANGES: dict[str, dict] = {
     "varied": dict(radius=(0.15, 0.36), jitter=0.15, tilt=30.0),
     "centered": dict(radius=(0.2, 0.36), jitter=0.08, tilt=8.0),

@@ -69,7 +69,7 @@ class Config:
     caption_file: str = ""              # image folder captions: TSV filename<TAB>caption, or JSONL
     num_images: int = 20000             # synthetic: a finite set, as ImageNet is finite
     image_size: int = 32                # pixels (synthetic: 32 or 64)
-    objects: str = "varied"             # synthetic: object ranges, "varied", "centered" or "large" (data.OBJECT_RANGES)
+    objects: str = "varied"             # synthetic object ranges: "varied", "centered", "large" (data.OBJECT_RANGES)
     # the paper's recipe
     captions: str = "long"              # "long" (TA) or "class" (the AIO baseline: "a photo of a star")
     cutmix: str = "all"                 # IA: "none" or a CutMix setting (1/2, 1/4, 1/9, 1/16, all)
