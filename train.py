@@ -20,9 +20,10 @@ One optimisation step, per rank (global batch = batch_size = world_size * grad_a
 Everything random in a step is drawn from generators seeded by (seed, rank, step), and the data order from
 (seed, epoch): a run resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
 
-A time budget (--time_budget minutes; the cpu preset's 9.5) times a few warmup steps and then fixes `steps`
-so that the run ends in time on this machine; nothing before that point depends on the total, so the run is
-exactly `--steps N` with the N it wrote to config.json.
+A time budget (--time_budget minutes; the cpu preset's 9.5) times the steps and fixes `steps` so that the run
+ends in time on this machine. Only steps before the LR's decay are timed, where nothing depends on the total, so
+the run is exactly `--steps N` with the N it wrote to config.json: the warmup for "cosine", minutes of steps for
+"wsd" (warmup-stable-decay), whose decay starts late (TimeBudget).
 
 Run directory runs/<name>/: config.json (the resolved config), vocab.json (learned text encoder),
 log.jsonl, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/{model,ema}.safetensors + state.pt.
@@ -95,9 +96,10 @@ class Config:
     batch_size: int = 64                # global, over all ranks and accumulation steps
     grad_accum: int = 1                 # micro-steps per optimiser step
     lr: float = 3e-3                    # AdamW peak learning rate
-    lr_schedule: str = "cosine"         # "cosine" (down to min_lr) or "constant", after linear warmup
+    lr_schedule: str = "cosine"         # after linear warmup: "cosine" (down to min_lr), "constant", or "wsd"
     warmup: int = 75                    # linear warmup steps
     min_lr: float = 1e-5                # end of the cosine
+    cooldown: float = 0.4               # "wsd" (warmup-stable-decay): the last fraction of steps is a cosine to min_lr
     weight_decay: float = 0.01          # not on norms, biases, embeddings
     beta2: float = 0.99                 # AdamW's second-moment decay
     grad_clip: float = 2.0              # max global gradient norm
@@ -129,9 +131,10 @@ PRESETS: dict[str, dict] = {
     # their shapes are learned. The layout words are learned suddenly once enough mixes are seen: t_mean 2.0
     # sees enough within the ~1400 steps a slow 2-core machine fits in the budget (t_mean 1.5 with 22% mixed
     # needed ~2600). Peak LR 2e-3: more shapes and two-color scenes than 3e-3 in three seeds out of three. As
-    # many steps as fit in 9.5 minutes: CPUs differ several-fold. The measurements are in docs/experiments.md.
+    # many steps as fit in 9.5 minutes: CPUs differ several-fold. Warmup-stable-decay, not cosine: more shapes and
+    # layout at the same steps, and the budget times minutes of steps, not seconds. Measurements: docs/experiments.md.
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
-                t_mean=2.0, lr=2e-3, time_budget=9.5),
+                t_mean=2.0, lr=2e-3, lr_schedule="wsd", time_budget=9.5),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
@@ -147,7 +150,7 @@ POSITIVE_FIELDS = ("num_images", "image_size", "steps", "batch_size", "grad_accu
                    "sample_every", "ckpt_every", "keep_ckpts", "sample_steps")
 
 CHOICES = {"model": tuple(DIT_SIZES), "objects": tuple(OBJECT_RANGES), "captions": ("long", "class"),
-           "cutmix": ("none",) + CUTMIX_SETTINGS, "lr_schedule": ("constant", "cosine"),
+           "cutmix": ("none",) + CUTMIX_SETTINGS, "lr_schedule": ("constant", "cosine", "wsd"),
            "t_schedule": ("logit_normal", "uniform"), "pos_embed": ("sincos", "rope"), "prediction": ("v", "x"),
            "loss": ("v", "x"), "dtype": ("auto", "bfloat16", "float32")}
 
@@ -192,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
     for name in POSITIVE_FIELDS:
         if getattr(cfg, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
+    if not 0 < cfg.cooldown <= 1:
+        parser.error(f"--cooldown is a fraction of the steps: expected 0 < cooldown <= 1, got {cfg.cooldown}")
     if cfg.batch_size % cfg.grad_accum:
         parser.error(f"--batch_size {cfg.batch_size} must be divisible by --grad_accum {cfg.grad_accum}")
     if cfg.device != "auto":
@@ -327,37 +332,103 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, fused: bool) -> torch.op
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=fused)
 
 
+def decay_start(cfg: Config) -> int:
+    """First step of the decay. Before it the LR does not depend on cfg.steps (see the time budget below)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.steps
+    if cfg.lr_schedule == "wsd":
+        return max(cfg.warmup, cfg.steps - round(cfg.cooldown * cfg.steps))
+    return cfg.warmup
+
+
 def learning_rate(step: int, cfg: Config) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    if cfg.lr_schedule == "constant":
+    start = decay_start(cfg)
+    if step < start:
         return cfg.lr
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - start) / max(1, cfg.steps - start)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def calibration_steps(cfg: Config) -> tuple[int, int]:
-    """Steps [first, last) timed to set a time-budgeted run's length. They lie inside the warmup, where nothing
-    depends on the total step count (LR, data, noise, EMA), so the run is exactly `--steps N` with the N it picks."""
+    """Steps [first, last) of the warmup timed first by a time-budgeted run (TimeBudget)."""
     last = min(cfg.warmup, 100)
     return last // 2, last
 
 
-BUDGET_MARGIN = 0.15  # 2-core VMs wander: one slowed from 112 to 95 images/s within a run (a 3% margin ran 17 s
-                      # over), one timed 185 images/s at the calibration and averaged 165 after (7% ran 35 s
-                      # over), one timed 217 and averaged ~185 (12% ran 16 s over)
+BUDGET_MARGIN = 0.15  # of the time left, kept when ~40 warmup steps set the length. 2-core VMs wander: one timed 185
+                      # images/s there and averaged 165 after (7% ran 35 s over), one 217 and ~185 (12%: 16 s over)
+LATE_MARGIN = 0.07    # when minutes of steps set it: the speed after 40% of seven default runs was 0.94-1.08x the
+                      # speed over the steps between the warmup and that point
+LATE_AT = 0.4         # fraction of the budget at which a schedule with a late decay ("wsd", "constant") sets it
 
 
-def steps_in_budget(cfg: Config, elapsed_s: float, step: int, step_s: float) -> int:
+def steps_in_budget(cfg: Config, elapsed_s: float, step: int, step_s: float, margin: float = BUDGET_MARGIN) -> int:
     """Total steps that end the run within cfg.time_budget minutes, `elapsed_s` into it at `step`, one step taking
     `step_s`. A sample grid costs about (48 images x sample_steps x 2 for guidance) forward passes, one step
-    3 x batch_size (forward + backward); BUDGET_MARGIN of the time left is kept for the machine's speed to wander."""
-    left = (1 - BUDGET_MARGIN) * (60 * cfg.time_budget - elapsed_s)
+    3 x batch_size (forward + backward); `margin` of the time left is kept for the machine's speed to wander."""
+    left = (1 - margin) * (60 * cfg.time_budget - elapsed_s)
     grid_s = step_s * 4 * len(SAMPLE_PROMPTS) * cfg.sample_steps * 2 / (3 * cfg.batch_size)
     total = step + max(0, int(left / step_s))
     while total > step and (total - step) * step_s + (total // cfg.sample_every + 1) * grid_s > left:
         total -= 1
     return max(total, cfg.warmup + 1)
+
+
+class TimeBudget:
+    """Sets cfg.steps so that a run ends within cfg.time_budget minutes on this machine.
+
+    The speed is timed only while nothing done so far depends on the total step count (the LR before its decay,
+    the data order, the noise, the EMA), so a budgeted run is exactly `--steps N` with the N in its config.json:
+      1. over the second half of the warmup (calibration_steps). Final for "cosine", whose decay starts there.
+      2. "wsd" and "constant" decay late, so they time again at LATE_AT of the budget (or just before the decay),
+         over every step since the warmup: minutes of the machine's speed, not seconds, and LATE_MARGIN suffices.
+    Rank 0 measures and broadcasts, so every rank stops at the same step. Grids and checkpoints (`paused_s`) are
+    not step time.
+    """
+
+    def __init__(self, cfg: Config, t0: float, world: int, device: torch.device):
+        self.cfg, self.t0, self.world, self.device = cfg, t0, world, device
+        self.first, self.warmup_end = calibration_steps(cfg)
+        self.late = None                     # the step of the second measurement, chosen by the first
+        self.paused_s = 0.0
+        self.clock = {}                      # step -> seconds of training (wall time less paused_s) before it
+
+    def before_step(self, step: int) -> bool:
+        """Call before every step; True when it has just set cfg.steps."""
+        if step not in (self.first, self.warmup_end, self.late):
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()                                   # time the GPU's work, not the queueing
+        now = time.time()
+        self.clock[step] = now - self.paused_s
+        if step == self.first:
+            return False
+        cfg, elapsed = self.cfg, now - self.t0
+        if step == self.warmup_end:
+            step_s = (self.clock[step] - self.clock[self.first]) / (step - self.first)
+            steps = steps_in_budget(cfg, elapsed, step, step_s)
+            late = -1
+            last_stable = decay_start(dataclasses.replace(cfg, steps=steps)) - 1
+            if last_stable > step:
+                late = min(last_stable, max(step + 1, step + int((LATE_AT * 60 * cfg.time_budget - elapsed) / step_s)))
+            steps, late = self._from_rank0([steps, late])
+            self.late = late if late > 0 else None
+        else:
+            step_s = (self.clock[step] - self.clock[self.warmup_end]) / (step - self.warmup_end)
+            steps = steps_in_budget(cfg, elapsed, step, step_s, LATE_MARGIN)
+            while decay_start(dataclasses.replace(cfg, steps=steps)) < step:      # the LR so far stays the run's
+                steps += 1
+            (steps,) = self._from_rank0([steps])
+        cfg.steps = steps
+        return True
+
+    def _from_rank0(self, values: list[int]) -> list[int]:
+        values = torch.tensor(values, device=self.device)
+        if self.world > 1:
+            dist.broadcast(values, src=0)
+        return values.tolist()
 
 
 @torch.no_grad()
@@ -512,14 +583,6 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def set_budgeted_steps(cfg: Config, t0: float, step: int, step_s: float, world: int, device) -> int:
-    """Rank 0's measurement decides, so every rank stops at the same step."""
-    steps = torch.tensor([steps_in_budget(cfg, time.time() - t0, step, step_s)], device=device)
-    if world > 1:
-        dist.broadcast(steps, src=0)
-    return int(steps.item())
-
-
 def main(argv: list[str] | None = None) -> Path:
     cfg, resume, given = parse_args(argv)
     run_dir = Path(cfg.out_dir) / cfg.name
@@ -599,17 +662,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- loop ---------------------------------------------------------------------------------------------
     loss_sum, loss_count, tick = torch.zeros((), device=device), 0, time.time()
-    calibrate = calibration_steps(cfg) if cfg.time_budget > 0 and not resume else None
+    budget = TimeBudget(cfg, t0, world, device) if cfg.time_budget > 0 and not resume else None
     bar = tqdm(initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
     step = start
     while step < cfg.steps:
-        if calibrate is not None and step in calibrate and device.type == "cuda":
-            torch.cuda.synchronize()                                   # time the GPU's work, not the queueing
-        if calibrate is not None and step == calibrate[0]:
-            calibrate_tick = time.time()
-        if calibrate is not None and step == calibrate[1]:
-            cfg.steps = set_budgeted_steps(cfg, t0, step, (time.time() - calibrate_tick) / (step - calibrate[0]),
-                                           world, device)
+        if budget is not None and budget.before_step(step):
             bar.total = cfg.steps
             if master:
                 atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -657,12 +714,15 @@ def main(argv: list[str] | None = None) -> Path:
                     record.update(heldout(ema, condition, device))
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-        paused = time.time()                                           # grids and checkpoints are not training
+        pause_start = time.time()                                      # grids and checkpoints are not training
         if master and (done % cfg.sample_every == 0 or done == cfg.steps):
             sample_grid(ema, condition, cfg, device, run_dir / "samples" / f"step_{done:07d}.png")
         if master and (done % cfg.ckpt_every == 0 or done == cfg.steps):
             save_checkpoint(run_dir, done, model, ema, optimizer, cfg.keep_ckpts)
-        tick += time.time() - paused
+        paused = time.time() - pause_start
+        tick += paused
+        if budget is not None:
+            budget.paused_s += paused
         step = done
         bar.update(1)
     bar.close()

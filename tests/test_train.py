@@ -246,14 +246,37 @@ def test_gpu_settings_on_the_cpu_bf16_autocast_and_compile(tmp_path, monkeypatch
     assert losses(bf16) == pytest.approx(losses(plain), rel=0.01)
 
 
-def test_time_budget_run_equals_the_fixed_step_run_it_resolves_to(tmp_path):
-    budgeted = run(tmp_path, "--name", "budget", "--time_budget", "0.1", "--warmup", "8")
-    steps = json.loads((budgeted / "config.json").read_text())["steps"]
+def test_learning_rate_schedules():
+    cfg = train.Config(lr=1.0, min_lr=0.0, warmup=10, steps=110, cooldown=0.5)
+    lrs = {name: [train.learning_rate(step, dataclasses.replace(cfg, lr_schedule=name)) for step in range(110)]
+           for name in ("constant", "cosine", "wsd")}
+    for values in lrs.values():
+        assert values[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])      # the same linear warmup
+    assert lrs["constant"][10:] == [1.0] * 100
+    assert lrs["cosine"][10] == 1.0 and lrs["cosine"][60] == pytest.approx(0.5) and lrs["cosine"][-1] < 1e-3
+    assert train.decay_start(dataclasses.replace(cfg, lr_schedule="wsd")) == 55
+    assert lrs["wsd"][10:56] == [1.0] * 46 and lrs["wsd"][55 + 27] == pytest.approx(0.5, abs=0.03)
+    assert all(a > b for a, b in zip(lrs["wsd"][55:], lrs["wsd"][56:])) and lrs["wsd"][-1] < 1e-2
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_time_budget_run_equals_the_fixed_step_run_it_resolves_to(tmp_path, monkeypatch, schedule):
+    # A clock that advances 20 ms per reading (about 60 ms per step): the budget's arithmetic, not this machine's
+    # load, decides the step count (~30 steps in 1.8 s).
+    readings = itertools.count()
+    monkeypatch.setattr(train.time, "time", lambda: 0.02 * next(readings))
+    budgeted = run(tmp_path, "--name", "budget", "--time_budget", "0.03", "--warmup", "8", "--lr_schedule", schedule)
+    monkeypatch.undo()
+    cfg = train.Config(**json.loads((budgeted / "config.json").read_text()))
     events = [json.loads(line) for line in (budgeted / "log.jsonl").read_text().splitlines()]
-    calibrated_at = train.calibration_steps(train.Config(warmup=8))[1]
-    assert {"event": "time_budget", "step": calibrated_at, "steps": steps} in events
-    assert steps >= 9 and events[-1]["step"] == steps
-    fixed = run(tmp_path, "--name", "fixed", "--steps", str(steps), "--warmup", "8")
+    timed = [e for e in events if e.get("event") == "time_budget"]
+    assert timed[0]["step"] == train.calibration_steps(cfg)[1] == 8
+    assert timed[-1]["steps"] == cfg.steps >= 9 and events[-1]["step"] == cfg.steps
+    if schedule == "wsd":                        # timed again over the stable phase, before the decay begins
+        assert len(timed) == 2 and 8 < timed[1]["step"] <= train.decay_start(cfg)
+    else:
+        assert len(timed) == 1
+    fixed = run(tmp_path, "--name", "fixed", "--steps", str(cfg.steps), "--warmup", "8", "--lr_schedule", schedule)
     a, b = weights(train.checkpoints(budgeted)[-1]), weights(train.checkpoints(fixed)[-1])
     assert all(torch.equal(a[k], b[k]) for k in a)
 
