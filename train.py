@@ -92,7 +92,7 @@ class Config:
     max_text_length: int = 64           # tokens per caption (longer ones are cut)
     # optimisation
     steps: int = 1500                   # optimiser steps (with a time budget: set from the measured speed)
-    time_budget: float = 0.0            # minutes for the whole run: fixes `steps` from the warmup's speed (0: off)
+    time_budget: float = 0.0            # minutes for the whole run: fixes `steps` from the measured speed (0: off)
     batch_size: int = 64                # global, over all ranks and accumulation steps
     grad_accum: int = 1                 # micro-steps per optimiser step
     lr: float = 3e-3                    # AdamW peak learning rate
