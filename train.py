@@ -23,7 +23,7 @@ Everything random in a step is drawn from generators seeded by (seed, rank, step
 A time budget (--time_budget minutes; the cpu preset's 9.5) times the steps and fixes `steps` so that the run
 ends in time on this machine. Only steps before the LR's decay are timed, where nothing depends on the total, so
 the run is exactly `--steps N` with the N it wrote to config.json: the warmup for "cosine", minutes of steps for
-"wsd" (warmup-stable-decay), whose decay starts late (TimeBudget).
+"wsd" (warmup-stable-decay) and "constant", whose decay starts late or never (TimeBudget).
 
 Run directory runs/<name>/: config.json (the resolved config), vocab.json (learned text encoder),
 log.jsonl, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/{model,ema}.safetensors + state.pt.

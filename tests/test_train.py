@@ -142,6 +142,10 @@ def test_bad_flags_are_argparse_errors(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--device", "gpu"])
     assert "--device: expected" in capsys.readouterr().err
+    for value in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--lr_schedule", "wsd", "--cooldown", value])
+        assert f"expected 0 < cooldown <= 1, got {float(value)}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
     assert "runs/does-not-exist" in capsys.readouterr().err
