@@ -742,6 +742,9 @@ def main(argv: list[str] | None = None) -> Path:
         log_file.close()
         print(f"done in {final['wall_s']}s: {run_dir}")
     if world > 1:
+        # Both ranks tear gloo down together: rank 0 once aborted after its last write ("terminate called without
+        # an active exception") while rank 1, with nothing to write, had already torn down.
+        dist.barrier()
         dist.destroy_process_group()
     return run_dir
 
