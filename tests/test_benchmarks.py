@@ -53,6 +53,13 @@ def test_layout_probe_mirrors_only_the_position_words():
     assert len(swapped) > 16                        # most mixed captions say where the pasted image is
     for v in swapped:
         assert caption_probe.swap_layout(v["swapped layout"]) == v["true"] and v["empty"] == ""
+    insets = ("corner", "border", "area")                                   # where CM 1/4, 1/9, 1/16 paste
+    assert any(w in v["true"] for v in variants for w in insets)            # "all", the Config default
+
+    class HalvesRun:
+        image_size, config = 32, train.Config(objects="large", cutmix="1/2")
+    _, _, halves = caption_probe.layout_probe_set(HalvesRun(), num_images=32, seed=0)
+    assert not any(w in v["true"] for v in halves for w in insets)          # the run's own CutMix setting
 
 
 def test_caption_probe_on_a_trained_run(tmp_path):
