@@ -23,7 +23,7 @@ order in which the caption names them.) On the cpu preset (CutMix 1/2) swapped w
 ~60% for a default run that learned the layout and by ~9% for one that did not, and the jump shows between two
 checkpoints of a run (`--ckpt runs/NAME/checkpoints/step_N`). Necessary for a layout in the samples, not
 sufficient: one run whose error rose 81% placed the objects as prompted only at guidance 3, not at 5
-(docs/experiments.md, "A high-noise start"). This reads a model's use of words long before a benchmark of its
+(docs/experiments.md, "When the layout is learned"). This reads a model's use of words long before a benchmark of its
 samples can: an earlier default's (CutMix "all") error at t = 0.7 rises about 45% under a wrong shape word, 200%
 under a wrong color word and under 2% with swapped position words (docs/experiments.md). Runs trained on class
 names ("a photo of a star") are probed with class-name captions, so their color column is zero by construction.
