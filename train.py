@@ -132,7 +132,7 @@ PRESETS: dict[str, dict] = {
     # sees enough within the ~1400 steps a slow 2-core machine fits in the budget (t_mean 1.5 with 22% mixed
     # needed ~2600). Peak LR 2e-3: more shapes and two-color scenes than 3e-3 in three seeds out of three. As
     # many steps as fit in 9.5 minutes: CPUs differ several-fold. A cosine down to ~0: "wsd" or a higher min_lr
-    # draw more shapes but learned the layout in fewer runs (cosine 10 of 14, wsd 6 of 11, min_lr 5e-4 2 of 4).
+    # draw more shapes but learned the layout in fewer runs (cosine 10 of 15, wsd 6 of 11, min_lr 5e-4 2 of 4).
     # The measurements are in docs/experiments.md.
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
                 t_mean=2.0, lr=2e-3, time_budget=9.5),
