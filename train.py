@@ -11,7 +11,7 @@ One plain loop for one process and for torchrun DDP:
 One optimisation step, per rank (global batch = batch_size = world_size * grad_accum * micro-batch):
 
     batch  = (x0, caption, x0_mixed, caption_mixed)           x0: (b, C, H, W) in [-1, 1]
-    t      ~ logit-normal(t_mean, 1)                          (b,)
+    t      ~ logit-normal(t_mean, 1)                          (b,)  early_t_mean for the first early_steps
     mix    = (t > t_mix) & (u < p_mix)                        the paper's IA rule (diffusion.mix_mask)
     x0, caption <- mixed versions where mix                   CutMix only at high noise
     caption <- "" with probability cond_dropout               the empty prompt doubles as the CFG null
@@ -80,6 +80,8 @@ class Config:
     cond_dropout: float = 0.1           # caption -> "" (the guidance null) with this probability
     t_schedule: str = "logit_normal"    # training times: logit-normal, t = sigmoid(t_mean + z), or uniform
     t_mean: float = 0.0                 # logit-normal location: > 0 trains more at high noise (colors, layout, shapes)
+    early_steps: int = 0                # the first steps draw t at early_t_mean instead (0: none) ...
+    early_t_mean: float = 3.0           # ... nearer t = 1: more mixed samples there, where the layout words are learned
     loss: str = "v"                     # "v": velocity MSE; "x": weighted by t^2 (= clean-image MSE), less at low noise
     # model
     model: str = "tiny"                 # a key of model.DIT_SIZES
@@ -121,21 +123,22 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # Patch 8: 16 tokens, about twice the images/s of patch 4. A 128-wide token can output an 8x8x3 clean patch
-    # but not the 192 numbers of noise in a velocity, hence x-prediction; the x loss and t_mean 2.0 leave most
+    # but not the 192 numbers of noise in a velocity, hence x-prediction; the x loss and a high t_mean leave most
     # of the gradient to high noise, where colors and layout are decided, and where the shape word is learned:
     # below t ~ 0.5 a shape shows through the noise and the word is not needed. Large centred upright objects
     # are the world where the tiny model draws shapes within a thousand or two steps, not tens of thousands.
     # IA within ten minutes: only CutMix 1/2's clean halves teach "left of" / "above" that fast, and only near
-    # t = 1, where the layout cannot be read from x_t; so every sample above t = 0.9 is mixed, none below (42%
-    # of the samples, against the paper's ~30% above 0.45), and (0.5, 0.9) is left to single objects, where
-    # their shapes are learned. The layout words are learned suddenly once enough mixes are seen: t_mean 2.0
-    # sees enough within the ~1400 steps a slow 2-core machine fits in the budget (t_mean 1.5 with 22% mixed
-    # needed ~2600). Peak LR 2e-3: more shapes and two-color scenes than 3e-3 in three seeds out of three. As
-    # many steps as fit in 9.5 minutes: CPUs differ several-fold. A cosine down to ~0: "wsd" or a higher min_lr
-    # draw more shapes but learned the layout in fewer runs (cosine 10 of 15, wsd 6 of 11, min_lr 5e-4 2 of 4).
-    # The measurements are in docs/experiments.md.
+    # t = 1, where the layout cannot be read from x_t; so every sample above t = 0.9 is mixed, none below, and
+    # (0.5, 0.9) is left to single objects, where their shapes are learned. The layout words are learned
+    # suddenly once enough mixes are seen, so the run starts at high noise: 455 steps at t_mean 3.0 (79% of the
+    # samples mixed), then t_mean 1.5 (22%) for the shapes. At 1300 steps (what a slow 2-core machine fits in
+    # the budget) that learned the layout in three seeds of four; t_mean 2.0 throughout (42%), the preset
+    # before, in one of three, with as many shapes. Peak LR 2e-3: more shapes and two-color scenes than 3e-3 in
+    # three seeds out of three. As many steps as fit in 9.5 minutes: CPUs differ several-fold. A cosine down
+    # to ~0: "wsd" or a higher min_lr drew more shapes but learned the layout in fewer runs. The measurements
+    # are in docs/experiments.md ("When the layout is learned").
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
-                t_mean=2.0, lr=2e-3, time_budget=9.5),
+                t_mean=1.5, early_steps=455, early_t_mean=3.0, lr=2e-3, time_budget=9.5),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
@@ -196,6 +199,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
     for name in POSITIVE_FIELDS:
         if getattr(cfg, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.early_steps < 0:
+        parser.error(f"--early_steps counts steps: expected 0 or more, got {cfg.early_steps}")
     if not 0 < cfg.cooldown <= 1:
         parser.error(f"--cooldown is a fraction of the steps: expected 0 < cooldown <= 1, got {cfg.cooldown}")
     if cfg.batch_size % cfg.grad_accum:
@@ -300,17 +305,25 @@ def step_generator(seed: int, rank: int, step: int, micro_step: int, device="cpu
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
 
 
-def training_batch(batch: dict, cfg: Config, gen: torch.Generator,
+def t_mean_at(step: int, cfg: Config) -> float:
+    """The logit-normal location of a step: early_t_mean for the first early_steps, then t_mean. A high-noise start
+    (more mixed samples near t = 1) has the layout words learned earlier (docs/experiments.md, "When the layout is
+    learned"). A count of steps, not a fraction: the layout is learned after enough mixes, whatever the run's
+    length, and a time budget sets the length only once the early steps have begun."""
+    return cfg.early_t_mean if step < cfg.early_steps else cfg.t_mean
+
+
+def training_batch(batch: dict, cfg: Config, step: int, gen: torch.Generator,
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The paper's IA rule and condition dropout on one (micro-)batch from MixedDataset.
 
-    t ~ logit-normal(t_mean, 1); a sample becomes its CutMix version (image AND caption) where t > t_mix and
+    t ~ logit-normal(t_mean_at(step), 1); a sample becomes its CutMix version (image AND caption) where t > t_mix and
     u < p_mix; then its caption becomes "" (the CFG null) with probability cond_dropout. The draws happen on the
     host, from `gen`, so picking caption strings needs no device sync. Returns x0 (b,C,H,W) and t (b,) on
     `device`, and the captions. Both image versions travel (from pinned memory, asynchronously); the choice is
     made on the device."""
     b = len(batch["caption"])
-    t = sample_t(b, cfg.t_schedule, m=cfg.t_mean, generator=gen)
+    t = sample_t(b, cfg.t_schedule, m=t_mean_at(step, cfg), generator=gen)
     use_mix = mix_mask(t, cfg.t_mix, cfg.p_mix, generator=gen) if cfg.cutmix != "none" else torch.zeros(b, dtype=bool)
     drop = (torch.rand(b, generator=gen) < cfg.cond_dropout).tolist()
     captions = ["" if d else (mixed if m else plain) for plain, mixed, m, d in
@@ -677,8 +690,8 @@ def main(argv: list[str] | None = None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro_step in range(cfg.grad_accum):
-            x0, t, captions = training_batch(next(loader), cfg, step_generator(cfg.seed, rank, step, micro_step),
-                                             device)
+            x0, t, captions = training_batch(next(loader), cfg, step,
+                                             step_generator(cfg.seed, rank, step, micro_step), device)
             noise_gen = step_generator(cfg.seed, rank, step, micro_step, device)
             noise = torch.randn(x0.shape, generator=noise_gen, device=device)
             text, mask = condition(captions)

@@ -147,6 +147,9 @@ def test_bad_flags_are_argparse_errors(capsys):
             train.parse_args(["--lr_schedule", "wsd", "--cooldown", value])
         assert f"expected 0 < cooldown <= 1, got {float(value)}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        train.parse_args(["--early_steps", "-1"])
+    assert "--early_steps counts steps: expected 0 or more, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
     assert "runs/does-not-exist" in capsys.readouterr().err
     for flag, value, expected in (("--steps", "0", "a positive integer"), ("--shift", "0", "a positive number"),
@@ -195,15 +198,22 @@ def test_ia_rule_selects_mixed_samples_only_at_high_noise():
     assert not use[t <= cfg.t_mix].any() and 0.2 < use.float().mean() < 0.36
 
 
-def test_training_times_follow_t_mean():
+def test_training_times_follow_t_mean_and_the_early_steps():
     n, image = 4096, torch.zeros(4096, 3, 4, 4)
     batch = {"caption": ["a"] * n, "mixed_caption": ["b"] * n, "image": image, "mixed_image": image}
-    medians = []
-    for t_mean in (0.0, 1.0):
-        cfg = dataclasses.replace(train.Config(), t_mean=t_mean)
-        _, t, _ = train.training_batch(batch, cfg, train.step_generator(cfg.seed, 0, 0, 0))
-        medians.append(t.median().item())
-    assert abs(medians[0] - 0.5) < 0.02 and abs(medians[1] - 1 / (1 + math.exp(-1.0))) < 0.02  # sigmoid(t_mean)
+
+    def median_t(step: int, **changes) -> float:
+        cfg = dataclasses.replace(train.Config(), **changes)
+        _, t, _ = train.training_batch(batch, cfg, step, train.step_generator(cfg.seed, 0, step, 0))
+        return t.median().item()
+
+    def sigmoid(m: float) -> float:                                                   # the median of t
+        return 1 / (1 + math.exp(-m))
+
+    assert abs(median_t(0, t_mean=0.0) - 0.5) < 0.02 and abs(median_t(0, t_mean=1.0) - sigmoid(1.0)) < 0.02
+    early = dict(t_mean=1.0, early_steps=10, early_t_mean=3.0)
+    assert abs(median_t(0, **early) - sigmoid(3.0)) < 0.01 and abs(median_t(9, **early) - sigmoid(3.0)) < 0.01
+    assert abs(median_t(10, **early) - sigmoid(1.0)) < 0.02                           # then the run's own t_mean
 
 
 def test_frozen_hugging_face_text_encoder_trains_and_samples(tmp_path):
