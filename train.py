@@ -130,15 +130,15 @@ PRESETS: dict[str, dict] = {
     # IA within ten minutes: only CutMix 1/2's clean halves teach "left of" / "above" that fast, and only near
     # t = 1, where the layout cannot be read from x_t; so every sample above t = 0.9 is mixed, none below, and
     # (0.5, 0.9) is left to single objects, where their shapes are learned. The layout words are learned
-    # suddenly once enough mixes are seen, so the run starts at high noise: 455 steps at t_mean 3.0 (79% of the
+    # suddenly once enough mixes are seen, so the run starts at high noise: 650 steps at t_mean 3.0 (79% of the
     # samples mixed), then t_mean 1.5 (22%) for the shapes. At 1300 steps (what a slow 2-core machine fits in
-    # the budget) that learned the layout in three seeds of four; t_mean 2.0 throughout (42%), the preset
-    # before, in one of three, with as many shapes. Peak LR 2e-3: more shapes and two-color scenes than 3e-3 in
-    # three seeds out of three. As many steps as fit in 9.5 minutes: CPUs differ several-fold. A cosine down
-    # to ~0: "wsd" or a higher min_lr drew more shapes but learned the layout in fewer runs. The measurements
-    # are in docs/experiments.md ("When the layout is learned").
+    # the budget) that learned the layout in four seeds of four; a 455-step start in three of four, with a few
+    # more shapes; t_mean 2.0 throughout (42%), the preset before, in one of three. Peak LR 2e-3: more shapes
+    # and two-color scenes than 3e-3 in three seeds out of three. As many steps as fit in 9.5 minutes: CPUs
+    # differ several-fold. A cosine down to ~0: "wsd" or a higher min_lr drew more shapes but learned the
+    # layout in fewer runs. The measurements are in docs/experiments.md ("When the layout is learned").
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
-                t_mean=1.5, early_steps=455, early_t_mean=3.0, lr=2e-3, time_budget=9.5),
+                t_mean=1.5, early_steps=650, early_t_mean=3.0, lr=2e-3, time_budget=9.5),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
