@@ -132,7 +132,7 @@ PRESETS: dict[str, dict] = {
     # (0.5, 0.9) is left to single objects, where their shapes are learned. The layout words are learned
     # suddenly once enough mixes are seen, so the run starts at high noise: 650 steps at t_mean 3.0 (79% of the
     # samples mixed), then t_mean 1.5 (22%) for the shapes. At 1300 steps (what a slow 2-core machine fits in
-    # the budget) that learned the layout in four seeds of four; a 455-step start in three of four, with a few
+    # the budget) that learned the layout in six seeds of six; a 455-step start in three of four, with a few
     # more shapes; t_mean 2.0 throughout (42%), the preset before, in one of three. Peak LR 2e-3: more shapes
     # and two-color scenes than 3e-3 in three seeds out of three. As many steps as fit in 9.5 minutes: CPUs
     # differ several-fold. A cosine down to ~0: "wsd" or a higher min_lr drew more shapes but learned the
