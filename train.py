@@ -135,7 +135,7 @@ PRESETS: dict[str, dict] = {
     # the budget) that learned the layout in six seeds of six; a 455-step start in three of four, with a few
     # more shapes; t_mean 2.0 throughout (42%), the preset before, in one of three. Peak LR 2e-3: more shapes
     # and two-color scenes than 3e-3 in three seeds out of three. The cosine ends at a quarter of the peak, not
-    # at ~0: with the start, more shapes in three seeds of four and the layout in four of four (without the
+    # at ~0: with the start, more shapes in five seeds of six and the layout in six of six (without the
     # start it cost the layout, as "wsd" did). As many steps as fit in 9.5 minutes: CPUs differ several-fold.
     # The measurements are in docs/experiments.md ("When the layout is learned", "Shapes with the start").
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
