@@ -88,6 +88,7 @@ class Config:
     patch_size: int = 4                 # 32x32 pixels -> 64 tokens; 8 -> 16 (wants prediction "x"); 2 on GPUs
     pos_embed: str = "sincos"           # 2D positions: fixed sin-cos table, or RoPE in self-attention
     prediction: str = "v"               # network output: "v" (velocity) or "x" (clean image: for wide patches)
+    head_channels: int = 0              # > 0: final layer -> this many features per pixel -> 3x3 conv (0: DiT's)
     text_encoder: str = "learned"       # "learned" (trained jointly, offline) or a Hugging Face path/id
     text_width: int = 128               # learned text encoder: width ...
     text_depth: int = 2                 # ... and layers
@@ -202,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, set[str]]:
             parser.error(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.early_steps < 0:
         parser.error(f"--early_steps counts steps: expected 0 or more, got {cfg.early_steps}")
+    if cfg.head_channels < 0:
+        parser.error(f"--head_channels: expected 0 (DiT's linear head) or more, got {cfg.head_channels}")
     if not 0 < cfg.cooldown <= 1:
         parser.error(f"--cooldown is a fraction of the steps: expected 0 < cooldown <= 1, got {cfg.cooldown}")
     if cfg.batch_size % cfg.grad_accum:
@@ -247,7 +250,7 @@ def build_model(cfg: Config, vocab_size: int | None, text_dim: int | None = None
         if learned else None
     dit = DiT(in_channels=3, input_size=cfg.image_size, patch_size=cfg.patch_size,
               text_dim=cfg.text_width if learned else text_dim, pos_embed=cfg.pos_embed, prediction=cfg.prediction,
-              **DIT_SIZES[cfg.model])
+              head_channels=cfg.head_channels, **DIT_SIZES[cfg.model])
     return TextToImage(dit, text_encoder)
 
 

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=3, help="3 for pixels, 4 for SD-VAE latents")
     parser.add_argument("--size", type=int, default=32, help="input side (pixels or latent)")
     parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--head-channels", type=int, default=0, help="DiT head_channels (0: the linear head)")
     parser.add_argument("--text-dim", type=int, default=128)
     parser.add_argument("--text-len", type=int, default=48)
     parser.add_argument("--batch", type=int, default=64)
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = DiT(args.channels, args.size, args.patch, text_dim=args.text_dim, **DIT_SIZES[args.model]).to(device)
+    model = DiT(args.channels, args.size, args.patch, text_dim=args.text_dim, head_channels=args.head_channels,
+                **DIT_SIZES[args.model]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if args.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -182,6 +182,21 @@ def test_dit_shapes_and_zero_output_at_init(channels, patch, pos_embed):
     assert out.shape == x.shape and out.abs().mean() > 1e-3
 
 
+def test_conv_head_starts_at_zero_and_reads_across_patch_borders():
+    torch.manual_seed(0)
+    model = tiny_dit(patch_size=4, head_channels=6, prediction="x")
+    x, t, text = torch.randn(2, 3, 8, 8), torch.rand(2), torch.randn(2, 5, 16)
+    assert torch.equal(model(x, t, text), x / t.clamp_min(0.05).view(2, 1, 1, 1))     # x0 = 0 at init
+    # Features of token 0 only (the top-left 4x4 patch): a plain DiT's output would stay inside that patch,
+    # the 3x3 conv reaches one pixel into the neighbouring patches and no further.
+    features = torch.zeros(1, 4, 16 * 6)
+    features[0, 0] = torch.randn(16 * 6)
+    out = perturbed(model).conv_head(torch.nn.functional.silu(model.unpatchify(features)))
+    assert out.shape == (1, 3, 8, 8)
+    reached = (out - model.conv_head.bias.view(1, 3, 1, 1)).abs().sum(dim=(0, 1)) > 0
+    assert reached[:5, :5].all() and not reached[5:].any() and not reached[:, 5:].any()
+
+
 def test_dit_x_prediction_returns_the_velocity_of_its_clean_image():
     torch.manual_seed(0)
     x, t, text = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 0.01]), torch.randn(2, 5, 16)
@@ -253,11 +268,13 @@ def test_modulate_keeps_small_bf16_scales():
     assert model_module.modulate(x.bfloat16(), shift.bfloat16(), scale.bfloat16()).dtype == torch.bfloat16
 
 
-def test_flops_per_forward_matches_flop_counter():
+@pytest.mark.parametrize("head_channels", [0, 8])
+def test_flops_per_forward_matches_flop_counter(head_channels):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = DiT(in_channels=4, input_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=4, text_dim=48)
+    model = DiT(in_channels=4, input_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=4, text_dim=48,
+                head_channels=head_channels)
     counter = FlopCounterMode(display=False)
     # The math backend spells attention as bmm, which the counter sees (the fused CPU kernel is not counted).
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):

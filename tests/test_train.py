@@ -150,6 +150,9 @@ def test_bad_flags_are_argparse_errors(capsys):
         train.parse_args(["--early_steps", "-1"])
     assert "--early_steps counts steps: expected 0 or more, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        train.parse_args(["--head_channels", "-1"])
+    assert "--head_channels: expected 0 (DiT's linear head) or more, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         sample.main(["--ckpt", "runs/does-not-exist", "a red star"])
     assert "runs/does-not-exist" in capsys.readouterr().err
     for flag, value, expected in (("--steps", "0", "a positive integer"), ("--shift", "0", "a positive number"),
