@@ -138,10 +138,12 @@ PRESETS: dict[str, dict] = {
     # and two-color scenes than 3e-3 in three seeds out of three. The cosine ends at half the peak, not at ~0:
     # with the start, more shapes and a layout at least as strong in every seed measured (a quarter of the peak
     # lies between; without the start a high floor cost the layout, as "wsd" did). As many steps as fit in 9.5
-    # minutes: CPUs differ several-fold. The measurements are in docs/experiments.md ("When the layout is
-    # learned", "Shapes with the start", "Half the peak").
+    # minutes: CPUs differ several-fold. Guidance 3, not 5: more colored shapes and a stronger layout in four
+    # seeds of four, two-color scenes a little less often. The measurements are in docs/experiments.md ("When
+    # the layout is learned", "Shapes with the start", "Half the peak", "Guidance on the half-peak preset").
     "cpu": dict(objects="large", patch_size=8, prediction="x", loss="x", cutmix="1/2", t_mix=0.9, p_mix=1.0,
-                t_mean=1.5, early_steps=650, early_t_mean=3.0, lr=2e-3, min_lr=1e-3, time_budget=9.5),
+                t_mean=1.5, early_steps=650, early_t_mean=3.0, lr=2e-3, min_lr=1e-3, time_budget=9.5,
+                guidance=3.0),
     # One H200, about 5 minutes: DiT-S/2 on 256 tokens, bf16 autocast. A data worker makes ~700 mixed samples/s
     # (one 2-core EPYC core), so 12 workers keep up with the ~9k images/s estimated for the GPU.
     "gpu": dict(model="S", patch_size=2, batch_size=512, steps=4000, lr=1e-3, warmup=300, num_images=100000,
